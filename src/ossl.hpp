@@ -1,0 +1,54 @@
+// RAII owners for the OpenSSL handles the core touches.
+//
+// Every pointer an OpenSSL call hands over is owned by one of these the
+// moment the call returns, so no error path can leak it.
+
+#ifndef MTLS_IDENTITY_OSSL_HPP
+#define MTLS_IDENTITY_OSSL_HPP
+
+#include <memory>
+
+#include <openssl/asn1.h>
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+namespace mtls {
+namespace ossl {
+
+template <typename T, void (*Free)(T *)>
+struct deleter {
+    void operator()(T *p) const noexcept { Free(p); }
+};
+
+inline void free_general_names(GENERAL_NAMES *names)
+{
+    GENERAL_NAMES_free(names);
+}
+
+inline void free_openssl_string(char *s)
+{
+    OPENSSL_free(s);
+}
+
+inline void free_bio(BIO *bio)
+{
+    BIO_free(bio);
+}
+
+using x509 = std::unique_ptr<X509, deleter<X509, X509_free>>;
+using bio = std::unique_ptr<BIO, deleter<BIO, free_bio>>;
+using bignum = std::unique_ptr<BIGNUM, deleter<BIGNUM, BN_free>>;
+using general_names =
+    std::unique_ptr<GENERAL_NAMES,
+                    deleter<GENERAL_NAMES, free_general_names>>;
+using authority_key_id =
+    std::unique_ptr<AUTHORITY_KEYID,
+                    deleter<AUTHORITY_KEYID, AUTHORITY_KEYID_free>>;
+using string = std::unique_ptr<char, deleter<char, free_openssl_string>>;
+
+}  // namespace ossl
+}  // namespace mtls
+
+#endif
