@@ -1,13 +1,13 @@
 # ngx_http_mtls_identity_module
 #
-#   make            build the dynamic module into build/
+#   make            build the dynamic module: build/ngx_http_mtls_identity_module.so
 #   make test       unit tests (Catch2) and nginx tests (t/, prove)
-#   make demo       build, start a private stack, show the module at work
+#   make demo       build, start a private nginx, show the module at work
 #
-# The module is built the way packagers build it: nginx's own configure
-# (from Debian's nginx-dev sources, with Debian's flags, so the binary
-# accepts the module) run on a copy of the source tree, with this
-# repository as --add-dynamic-module, then `make modules`.
+# The module is built the way packagers build modules: nginx's configure,
+# from Debian's nginx-dev sources with Debian's own flags (so Debian's
+# nginx binary accepts the module), runs on a copy of that tree with this
+# repository as --add-dynamic-module; then `make modules`.
 
 NGINX_SRC    ?= /usr/share/nginx/src
 NGINX_BIN    ?= /usr/sbin/nginx
@@ -15,27 +15,32 @@ BUILD        := build
 NGX_TREE     := $(BUILD)/nginx
 MODULE       := $(BUILD)/ngx_http_mtls_identity_module.so
 
-CXX          ?= g++
+CXX          ?= c++
 CXXFLAGS     ?= -O1 -g
-CXXFLAGS     += -std=c++17 -Wall -Wextra -Wpedantic -Wshadow -Werror -Isrc
-LDLIBS       := -lpq -lssl -lcrypto
+WARNINGS     := -Wall -Wextra -Wpedantic -Wshadow -Werror
+UNIT_FLAGS   := -std=c++17 $(WARNINGS) -Isrc -Itests \
+                -DMTLS_FIXTURE_DIR='"$(CURDIR)/tests/fixtures"'
+UNIT_LIBS    := -lssl -lcrypto
 
 CORE_SRCS    := $(wildcard src/*.cpp)
 CORE_HDRS    := $(wildcard src/*.hpp)
 TEST_SRCS    := $(wildcard tests/*.cpp)
+TEST_HDRS    := $(wildcard tests/*.hpp)
 UNIT_OBJS    := $(patsubst %.cpp,$(BUILD)/unit/%.o,$(CORE_SRCS) $(TEST_SRCS))
 UNIT_TESTS   := $(BUILD)/unit-tests
 
-.PHONY: all module unit test demo clean
+.PHONY: all deps module unit test demo fixtures clean
 
 all: module
 
 module: $(NGX_TREE)/objs/Makefile
-	$(MAKE) -C $(NGX_TREE) -f objs/Makefile modules
+	$(MAKE) -C $(NGX_TREE) -f objs/Makefile modules \
+	    MTLS_IDENTITY_CXXFLAGS="-std=c++17 $(WARNINGS)"
 	cp $(NGX_TREE)/objs/ngx_http_mtls_identity_module.so $(MODULE)
 
-# nginx's configure, rerun when the module's build description changes
-$(NGX_TREE)/objs/Makefile: config
+# nginx's configure, run again when the module's build description or
+# its list of sources changes
+$(NGX_TREE)/objs/Makefile: config config.make $(CORE_SRCS) $(CORE_HDRS)
 	@test -f $(NGINX_SRC)/configure || { echo "no nginx sources in" \
 	    "$(NGINX_SRC): install nginx-dev or set NGINX_SRC" >&2; exit 1; }
 	rm -rf $(NGX_TREE)
@@ -48,15 +53,28 @@ $(NGX_TREE)/objs/Makefile: config
 unit: $(UNIT_TESTS)
 
 $(UNIT_TESTS): $(UNIT_OBJS)
-	$(CXX) $(CXXFLAGS) -o $@ $^ $(LDLIBS)
+	$(CXX) $(CXXFLAGS) -o $@ $^ $(UNIT_LIBS)
 
-$(BUILD)/unit/%.o: %.cpp $(CORE_HDRS)
+$(BUILD)/unit/%.o: %.cpp $(CORE_HDRS) $(TEST_HDRS)
 	@mkdir -p $(dir $@)
-	$(CXX) $(CXXFLAGS) -c -o $@ $<
+	$(CXX) $(CXXFLAGS) $(UNIT_FLAGS) -c -o $@ $<
 
-test: module unit
-	NGINX_BIN=$(NGINX_BIN) MTLS_MODULE=$(CURDIR)/$(MODULE) \
+# the Debian packages the build, the tests and the demo need
+deps:
+	@scripts/install-deps
+
+test: deps
+	$(MAKE) module unit
+	@NGINX_BIN=$(NGINX_BIN) MTLS_MODULE=$(CURDIR)/$(MODULE) \
 	    perl t/run-tests.pl $(UNIT_TESTS) t/*.t
+
+demo: deps
+	$(MAKE) module
+	@NGINX_BIN=$(NGINX_BIN) MTLS_MODULE=$(CURDIR)/$(MODULE) scripts/demo
+
+# regenerate the committed fixture certificates (new keys, new values)
+fixtures:
+	tests/fixtures/make-fixtures.sh
 
 clean:
 	rm -rf $(BUILD)
