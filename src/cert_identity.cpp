@@ -30,6 +30,74 @@ bool has_control_byte(std::string_view s)
 }
 
 
+bool is_ascii(std::string_view s)
+{
+    for (unsigned char c : s) {
+        if (c >= 0x80) {
+            return false;
+        }
+    }
+
+    return true;
+}
+
+
+// Well-formed UTF-8 as PostgreSQL accepts it: shortest forms only, no
+// surrogates, nothing above U+10FFFF.
+bool is_utf8(std::string_view s)
+{
+    std::size_t i = 0;
+
+    while (i < s.size()) {
+        unsigned char c = static_cast<unsigned char>(s[i]);
+        std::size_t n;
+        unsigned long cp;
+
+        if (c < 0x80) {
+            i++;
+            continue;
+        }
+
+        if (c >= 0xc2 && c <= 0xdf) {
+            n = 1;
+            cp = c & 0x1f;
+        } else if (c >= 0xe0 && c <= 0xef) {
+            n = 2;
+            cp = c & 0x0f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            n = 3;
+            cp = c & 0x07;
+        } else {
+            return false;
+        }
+
+        if (s.size() - i <= n) {
+            return false;
+        }
+
+        for (std::size_t k = 1; k <= n; k++) {
+            unsigned char cc = static_cast<unsigned char>(s[i + k]);
+
+            if ((cc & 0xc0) != 0x80) {
+                return false;
+            }
+
+            cp = (cp << 6) | (cc & 0x3f);
+        }
+
+        if ((n == 2 && cp < 0x800) || (n == 3 && cp < 0x10000)
+            || cp > 0x10ffff || (cp >= 0xd800 && cp <= 0xdfff))
+        {
+            return false;
+        }
+
+        i += n + 1;
+    }
+
+    return true;
+}
+
+
 std::string sha256_hex(const unsigned char *data, std::size_t len)
 {
     unsigned char md[SHA256_DIGEST_LENGTH];
@@ -101,7 +169,9 @@ bool add_san(const ASN1_IA5STRING *s, std::vector<std::string> &out)
     std::string value(reinterpret_cast<const char *>(data),
                       static_cast<std::size_t>(len));
 
-    if (value.empty() || has_control_byte(value)) {
+    // IA5String is seven-bit: a NUL, a control byte or a byte above 0x7f
+    // makes the name unusable as a key
+    if (value.empty() || has_control_byte(value) || !is_ascii(value)) {
         return false;
     }
 
@@ -145,7 +215,8 @@ std::string sans_of(X509 *cert, cert_identity &id)
         }
 
         if (!good) {
-            return "subjectAltName holds an empty value or a control byte";
+            return "subjectAltName holds an empty or non-ASCII value"
+                   " or a control byte";
         }
     }
 
@@ -239,8 +310,8 @@ std::string render_name(const X509_NAME *name)
     std::string out(data, static_cast<std::size_t>(len));
 
     // OpenSSL escapes control characters itself; refuse the name rather
-    // than pass on anything it let through.
-    return has_control_byte(out) ? std::string() : out;
+    // than pass on anything it let through, or anything not UTF-8.
+    return has_control_byte(out) || !is_utf8(out) ? std::string() : out;
 }
 
 

@@ -11,6 +11,7 @@
 #include <openssl/asn1.h>
 #include <openssl/bio.h>
 #include <openssl/bn.h>
+#include <openssl/evp.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
@@ -37,7 +38,18 @@ inline void free_bio(BIO *bio)
     BIO_free(bio);
 }
 
+inline void free_x509_extension(X509_EXTENSION *ext)
+{
+    X509_EXTENSION_free(ext);
+}
+
 using x509 = std::unique_ptr<X509, deleter<X509, X509_free>>;
+using x509_name =
+    std::unique_ptr<X509_NAME, deleter<X509_NAME, X509_NAME_free>>;
+using x509_extension =
+    std::unique_ptr<X509_EXTENSION,
+                    deleter<X509_EXTENSION, free_x509_extension>>;
+using pkey = std::unique_ptr<EVP_PKEY, deleter<EVP_PKEY, EVP_PKEY_free>>;
 using bio = std::unique_ptr<BIO, deleter<BIO, free_bio>>;
 using bignum = std::unique_ptr<BIGNUM, deleter<BIGNUM, BN_free>>;
 using general_names =
