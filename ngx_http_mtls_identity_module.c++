@@ -34,6 +34,31 @@ static_assert(std::is_trivially_destructible<main_conf_t>::value,
               "pool memory never runs destructors");
 
 
+/*
+ * Sets log->action, so that error lines end in "while <action>", for the
+ * lifetime of the object, and puts the previous one back.
+ */
+
+class log_action {
+public:
+    log_action(ngx_log_t *log, const char *action)
+        : log_(log), saved_(log->action)
+    {
+        /* nginx declares action as char *, but never writes through it */
+        log_->action = const_cast<char *>(action);
+    }
+
+    ~log_action() { log_->action = saved_; }
+
+    log_action(const log_action &) = delete;
+    log_action &operator=(const log_action &) = delete;
+
+private:
+    ngx_log_t  *log_;
+    char       *saved_;
+};
+
+
 enum class field_t : uintptr_t {
     fingerprint,
     spki,
@@ -114,12 +139,14 @@ connection_identity(ngx_http_request_t *r)
         return nullptr;
     }
 
+    log_action  action(c->log, "deriving the client certificate identity");
+
     try {
         id = new mtls::cert_identity(mtls::derive_identity(cert));
 
     } catch (const std::bad_alloc &) {
         ngx_log_error(NGX_LOG_ALERT, c->log, 0,
-                      "mtls identity: out of memory deriving identity");
+                      "mtls identity: out of memory");
         return nullptr;
     }
 
