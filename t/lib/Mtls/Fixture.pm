@@ -1,0 +1,43 @@
+package Mtls::Fixture;
+
+# The fixture certificates of tests/fixtures and the values the openssl
+# command line gave for them (NAME.expect, written by make-fixtures.sh).
+
+use strict;
+use warnings;
+
+use Mtls::Nginx;
+
+# every fixture with an .expect file, sorted
+sub names {
+    opendir my $dh, $Mtls::Nginx::FIXTURES or die $!;
+    my @names = sort map { /^(.+)\.expect$/ ? $1 : () } readdir $dh;
+    closedir $dh;
+    return @names;
+}
+
+# field => [values, in file order]
+sub expect {
+    my ($name) = @_;
+    my %want;
+
+    open my $fh, '<:raw', "$Mtls::Nginx::FIXTURES/$name.expect" or die $!;
+    while (my $line = <$fh>) {
+        chomp $line;
+        my ($field, $value) = split /=/, $line, 2;
+        push @{ $want{$field} }, $value if defined $value;
+    }
+    close $fh;
+
+    return \%want;
+}
+
+# several values as one variable: comma-separated, with "\" before a
+# comma or backslash inside a value
+sub joined {
+    my (@values) = @_;
+
+    return join ',', map { (my $v = $_) =~ s/([\\,])/\\$1/g; $v } @values;
+}
+
+1;
