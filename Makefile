@@ -18,9 +18,11 @@ MODULE       := $(BUILD)/ngx_http_mtls_identity_module.so
 CXX          ?= c++
 CXXFLAGS     ?= -O1 -g
 WARNINGS     := -Wall -Wextra -Wpedantic -Wshadow -Werror
-UNIT_FLAGS   := -std=c++17 $(WARNINGS) -Isrc -Itests \
+PQ_INCLUDE   := $(shell pg_config --includedir 2>/dev/null \
+                  || echo /usr/include/postgresql)
+UNIT_FLAGS   := -std=c++17 $(WARNINGS) -Isrc -Itests -I$(PQ_INCLUDE) \
                 -DMTLS_FIXTURE_DIR='"$(CURDIR)/tests/fixtures"'
-UNIT_LIBS    := -lssl -lcrypto
+UNIT_LIBS    := -lpq -lssl -lcrypto
 
 CORE_SRCS    := $(wildcard src/*.cpp)
 CORE_HDRS    := $(wildcard src/*.hpp)
