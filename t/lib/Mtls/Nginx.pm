@@ -51,6 +51,7 @@ sub new {
         http => $args{http} // '',
         main => $args{main} // '',
         load_module => $args{load_module} // 1,
+        log_level => $ENV{MTLS_DEBUG} ? 'debug' : 'info',
         ports => {},
         running => 0,
     }, $class;
@@ -98,7 +99,7 @@ sub config_text {
 
     return $self->expand(<<"CONF");
 ${load}worker_processes 1;
-error_log logs/error.log info;
+error_log logs/error.log $self->{log_level};
 pid logs/nginx.pid;
 
 events {
