@@ -1,10 +1,18 @@
 /*
  * ngx_http_mtls_identity_module: turns the TLS client certificate that
- * nginx verified into identity keys and nginx variables.
+ * nginx verified into a vetted application identity.
  *
- * This file is the nginx glue.  The certificate logic lives in src/, in
- * plain C++ without nginx headers.  Everything here but the module symbol
- * has internal linkage; no C++ exception leaves a function nginx calls.
+ * In the access phase it derives the certificate's identity keys, asks
+ * PostgreSQL (through non-blocking libpq connections that nginx's event
+ * loop drives) which identity they map to and whether the certificate
+ * is revoked, and then denies the request or hands the identity to the
+ * upstream in request headers.  In the post-read phase it removes every
+ * inbound header a client could use to forge that identity.
+ *
+ * This file is the nginx glue.  The certificate, decision and database
+ * logic live in src/, in plain C++ without nginx headers.  Everything
+ * here but the module symbol has internal linkage; no C++ exception
+ * leaves a function nginx calls.
  */
 
 extern "C" {
@@ -13,10 +21,17 @@ extern "C" {
 #include <ngx_http.h>
 }
 
+#include <memory>
 #include <new>
+#include <string>
 #include <type_traits>
+#include <vector>
 
 #include "cert_identity.hpp"
+#include "decision.hpp"
+#include "header.hpp"
+#include "pg.hpp"
+#include "store.hpp"
 
 
 extern "C" {
@@ -26,12 +41,147 @@ extern ngx_module_t  ngx_http_mtls_identity_module;
 
 namespace {
 
-struct main_conf_t {
-    int  ex_index;         /* SSL ex_data slot of the derived identity */
+char *const  conf_error = static_cast<char *>(NGX_CONF_ERROR);
+
+/* an X-Mtls-Identity-Groups value never grows past this many bytes */
+constexpr std::size_t  groups_header_cap = 4096;
+
+
+enum class mode_t : ngx_uint_t {
+    off,
+    on,
+    report
 };
 
-static_assert(std::is_trivially_destructible<main_conf_t>::value,
+
+/* where a directive was written, for checks that run after parsing */
+
+struct conf_place_t {
+    ngx_str_t   file;
+    ngx_uint_t  line;
+};
+
+
+/*
+ * Configuration objects that are C++ (vectors, strings) live outside the
+ * pool and are deleted by a pool cleanup; the nginx conf structures only
+ * point at them and stay trivially destructible.
+ */
+
+struct policy_t {
+    std::vector<mtls::key_kind>  kinds;
+    std::vector<std::string>     groups;
+};
+
+
+struct database_t {
+    mtls::pg::conninfo  info;
+    std::string         summary;       /* for log lines, no password */
+};
+
+
+struct main_conf_t {
+    int              ex_index;         /* SSL ex_data slot of identities */
+
+    /* an mtls_identity directive appears in this http block */
+    ngx_flag_t       configured;
+
+    database_t      *db;
+    conf_place_t     db_place;
+    ngx_uint_t       connections;      /* per worker */
+    ngx_uint_t       queue;            /* requests that may wait */
+    ngx_msec_t       connect_timeout;
+    ngx_msec_t       timeout;          /* a lookup, from start to answer */
+};
+
+
+struct srv_conf_t {
+    std::vector<std::string>  *strip;  /* normalised patterns */
+};
+
+
+struct loc_conf_t {
+    ngx_uint_t       mode;
+    conf_place_t     mode_place;
+    policy_t        *policy;
+    ngx_array_t     *kinds;            /* of ngx_str_t, as written */
+    ngx_array_t     *groups;           /* of ngx_str_t */
+    ngx_flag_t       headers;
+};
+
+static_assert(std::is_trivially_destructible<main_conf_t>::value
+              && std::is_trivially_destructible<srv_conf_t>::value
+              && std::is_trivially_destructible<loc_conf_t>::value,
               "pool memory never runs destructors");
+
+
+/*
+ * The per-request state.  It lives in the request pool and is found again
+ * through its pool cleanup after an internal redirect has cleared the
+ * module context, so a lookup is made once per request whatever the
+ * number of locations it passes through.
+ */
+
+enum class phase_t : ngx_uint_t {
+    fresh,        /* nothing asked yet */
+    waiting,      /* a lookup is under way */
+    answered,     /* facts holds the database's answer */
+    failed        /* the database could not answer */
+};
+
+struct link_t;
+
+struct request_state_t {
+    ngx_http_request_t  *request;
+    phase_t              phase;
+
+    ngx_str_t            facts;        /* mtls::encode()d lookup */
+
+    /* the waiting request: in the worker's queue, or on a link */
+    ngx_queue_t          queue;
+    ngx_event_t          timer;
+    link_t              *link;
+    unsigned             queued:1;
+
+    /* the outcome for the location that decided last */
+    unsigned             decided:1;
+    unsigned             allowed:1;
+    unsigned             headers_set:1;
+    mtls::reason         why;
+    mode_t               mode;
+    int                  kind;         /* mtls::key_kind, or -1 */
+    ngx_str_t            username;     /* percent-encoded */
+    ngx_str_t            groups;       /* likewise, comma-separated */
+};
+
+static_assert(std::is_trivially_destructible<request_state_t>::value,
+              "request pool memory never runs destructors");
+
+
+/* one database connection of a worker, and what waits on it */
+
+struct link_t {
+    mtls::pg::connection   pg;
+    ngx_connection_t      *conn = nullptr;   /* nginx's view of pg's socket */
+    ngx_event_t            timer{};          /* connect, query or retry */
+    ngx_log_t              log{};
+    request_state_t       *waiter = nullptr;
+    ngx_msec_t             backoff = 0;
+    ngx_uint_t             failures = 0;     /* in a row */
+    bool                   draining = false; /* its request went away */
+};
+
+
+struct worker_t {
+    main_conf_t                          *mcf;
+    ngx_log_t                            *log;
+    std::vector<std::unique_ptr<link_t>>  links;
+    ngx_queue_t                           waiting;
+    ngx_uint_t                            nwaiting = 0;
+    bool                                  exiting = false;
+};
+
+worker_t  *worker;
 
 
 /*
@@ -67,13 +217,111 @@ enum class field_t : uintptr_t {
     serial,
     san_uri,
     san_email,
-    san_dns
+    san_dns,
+    identity,
+    groups,
+    key,
+    status,
+    reason
+};
+
+
+/* the headers the module sets, lower-cased, with their hashes */
+
+struct own_header_t {
+    ngx_str_t   name;
+    ngx_str_t   lowcase;
+    ngx_uint_t  hash;
+};
+
+own_header_t  own_headers[] = {
+    { ngx_string("X-Mtls-Identity"), ngx_string("x-mtls-identity"), 0 },
+    { ngx_string("X-Mtls-Identity-Groups"),
+      ngx_string("x-mtls-identity-groups"), 0 },
+    { ngx_string("X-Mtls-Identity-Key"), ngx_string("x-mtls-identity-key"),
+      0 },
+    { ngx_string("X-Mtls-Identity-Fingerprint"),
+      ngx_string("x-mtls-identity-fingerprint"), 0 },
+};
+
+
+/* the strip list's default, besides every X-Mtls-Identity* header */
+
+const char  *default_strip[] = {
+    "Remote-User",
+    "X-Remote-User",
+    "X-SSL-Client-*",
+    "X-Forwarded-Client-Cert",
+    "Client-Cert",
+    "Client-Cert-Chain",
 };
 
 
 ngx_int_t add_variables(ngx_conf_t *cf);
 ngx_int_t postconfiguration(ngx_conf_t *cf);
 void *create_main_conf(ngx_conf_t *cf);
+char *init_main_conf(ngx_conf_t *cf, void *conf);
+void *create_srv_conf(ngx_conf_t *cf);
+char *merge_srv_conf(ngx_conf_t *cf, void *parent, void *child);
+void *create_loc_conf(ngx_conf_t *cf);
+char *merge_loc_conf(ngx_conf_t *cf, void *parent, void *child);
+ngx_int_t init_process(ngx_cycle_t *cycle);
+void exit_process(ngx_cycle_t *cycle);
+
+char *set_db(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *set_mode(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *set_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *set_groups(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *set_strip(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *set_flag(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+
+
+ngx_command_t  commands[] = {
+
+    { ngx_string("mtls_identity_db"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      set_db,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      nullptr },
+
+    { ngx_string("mtls_identity"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      set_mode,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      nullptr },
+
+    { ngx_string("mtls_identity_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      set_keys,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      nullptr },
+
+    { ngx_string("mtls_identity_require_group"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      set_groups,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      nullptr },
+
+    { ngx_string("mtls_identity_headers"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      set_flag,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(loc_conf_t, headers),
+      nullptr },
+
+    { ngx_string("mtls_identity_strip_header"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_1MORE,
+      set_strip,
+      NGX_HTTP_SRV_CONF_OFFSET,
+      0,
+      nullptr },
+
+    ngx_null_command
+};
 
 
 ngx_http_module_t  module_ctx = {
@@ -81,90 +329,83 @@ ngx_http_module_t  module_ctx = {
     postconfiguration,                 /* postconfiguration */
 
     create_main_conf,                  /* create main configuration */
-    nullptr,                           /* init main configuration */
+    init_main_conf,                    /* init main configuration */
 
-    nullptr,                           /* create server configuration */
-    nullptr,                           /* merge server configuration */
+    create_srv_conf,                   /* create server configuration */
+    merge_srv_conf,                    /* merge server configuration */
 
-    nullptr,                           /* create location configuration */
-    nullptr                            /* merge location configuration */
+    create_loc_conf,                   /* create location configuration */
+    merge_loc_conf                     /* merge location configuration */
 };
 
 
-ngx_command_t  commands[] = {
-    ngx_null_command
-};
+/* C++ objects owned by a pool: deleted when the pool is destroyed */
+
+template <typename T>
+void
+delete_object(void *data)
+{
+    delete static_cast<T *>(data);
+}
 
 
-/*
- * The identity of a connection's peer certificate, derived on first use
- * and kept on the SSL object: a resumed session keeps the peer's leaf, and
- * every HTTP/2 stream of the connection shares it.  Returns nullptr when
- * the connection has no certificate that nginx verified.
+template <typename T, typename... Args>
+T *
+pool_new(ngx_pool_t *pool, Args &&... args)
+{
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(pool, 0);
+    if (cln == nullptr) {
+        return nullptr;
+    }
+
+    T *obj = new (std::nothrow) T(std::forward<Args>(args)...);
+    if (obj == nullptr) {
+        return nullptr;
+    }
+
+    cln->handler = delete_object<T>;
+    cln->data = obj;
+
+    return obj;
+}
+
+
+ngx_str_t
+pool_string(ngx_pool_t *pool, const std::string &s)
+{
+    ngx_str_t  out = ngx_null_string;
+
+    if (s.empty()) {
+        return out;
+    }
+
+    out.data = static_cast<u_char *>(ngx_pnalloc(pool, s.size()));
+    if (out.data != nullptr) {
+        ngx_memcpy(out.data, s.data(), s.size());
+        out.len = s.size();
+    }
+
+    return out;
+}
+
+
+main_conf_t *
+main_conf(ngx_http_request_t *r)
+{
+    return static_cast<main_conf_t *>(
+        ngx_http_get_module_main_conf(r, ngx_http_mtls_identity_module));
+}
+
+
+/* ---------------------------------------------------------------------
+ * The certificate
  */
 
-const mtls::cert_identity *
-connection_identity(ngx_http_request_t *r)
-{
-    ngx_connection_t  *c = r->connection;
-    main_conf_t       *mcf;
-    const char        *ocsp;
-
-    if (c->ssl == nullptr) {
-        return nullptr;
-    }
-
-    mcf = static_cast<main_conf_t *>(
-        ngx_http_get_module_main_conf(r, ngx_http_mtls_identity_module));
-
-    SSL *ssl = c->ssl->connection;
-
-    auto *id = static_cast<mtls::cert_identity *>(
-        SSL_get_ex_data(ssl, mcf->ex_index));
-
-    if (id != nullptr) {
-        return id;
-    }
-
-    /* what nginx itself calls SUCCESS in $ssl_client_verify */
-
-    if (SSL_get_verify_result(ssl) != X509_V_OK
-        || ngx_ssl_ocsp_get_status(c, &ocsp) != NGX_OK)
-    {
-        return nullptr;
-    }
-
-    X509 *cert = SSL_get0_peer_certificate(ssl);
-    if (cert == nullptr) {
-        return nullptr;
-    }
-
-    log_action  action(c->log, "deriving the client certificate identity");
-
-    try {
-        id = new mtls::cert_identity(mtls::derive_identity(cert));
-
-    } catch (const std::bad_alloc &) {
-        ngx_log_error(NGX_LOG_ALERT, c->log, 0,
-                      "mtls identity: out of memory");
-        return nullptr;
-    }
-
-    if (SSL_set_ex_data(ssl, mcf->ex_index, id) != 1) {
-        delete id;
-        ngx_log_error(NGX_LOG_ALERT, c->log, 0,
-                      "mtls identity: SSL_set_ex_data() failed");
-        return nullptr;
-    }
-
-    if (!id->ok()) {
-        ngx_log_error(NGX_LOG_INFO, c->log, 0,
-                      "mtls identity: certificate %s yields no identity: %s",
-                      id->fingerprint.c_str(), id->error.c_str());
-    }
-
-    return id;
-}
+enum class cert_state_t {
+    none,         /* no certificate, or not a TLS connection */
+    unverified,   /* presented, but nginx's verification failed */
+    verified
+};
 
 
 void
@@ -183,11 +424,1216 @@ free_ex_index(void *data)
 }
 
 
+/*
+ * Whether the connection carries a certificate that nginx verified, and
+ * its identity, derived on first use and kept on the SSL object: a
+ * resumed session keeps the peer's leaf, and every HTTP/2 stream of the
+ * connection shares it.  *id is nullptr unless the state is verified and
+ * memory allowed the keys to be derived.  Throws nothing.
+ */
+
+cert_state_t
+connection_identity(ngx_http_request_t *r, const mtls::cert_identity **id)
+{
+    ngx_connection_t  *c = r->connection;
+    const char        *ocsp;
+
+    *id = nullptr;
+
+    if (c->ssl == nullptr) {
+        return cert_state_t::none;
+    }
+
+    SSL *ssl = c->ssl->connection;
+
+    X509 *cert = SSL_get0_peer_certificate(ssl);
+    if (cert == nullptr) {
+        return cert_state_t::none;
+    }
+
+    /* what nginx itself calls SUCCESS in $ssl_client_verify */
+
+    if (SSL_get_verify_result(ssl) != X509_V_OK
+        || ngx_ssl_ocsp_get_status(c, &ocsp) != NGX_OK)
+    {
+        return cert_state_t::unverified;
+    }
+
+    main_conf_t *mcf = main_conf(r);
+
+    auto *found = static_cast<mtls::cert_identity *>(
+        SSL_get_ex_data(ssl, mcf->ex_index));
+
+    if (found != nullptr) {
+        *id = found;
+        return cert_state_t::verified;
+    }
+
+    log_action  action(c->log, "deriving the client certificate identity");
+
+    try {
+        found = new mtls::cert_identity(mtls::derive_identity(cert));
+
+    } catch (const std::bad_alloc &) {
+        ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                      "mtls identity: out of memory");
+        return cert_state_t::verified;
+    }
+
+    if (SSL_set_ex_data(ssl, mcf->ex_index, found) != 1) {
+        delete found;
+        ngx_log_error(NGX_LOG_ALERT, c->log, 0,
+                      "mtls identity: SSL_set_ex_data() failed");
+        return cert_state_t::verified;
+    }
+
+    if (!found->ok()) {
+        ngx_log_error(NGX_LOG_INFO, c->log, 0,
+                      "mtls identity: certificate %s yields no identity: %s",
+                      found->fingerprint.c_str(), found->error.c_str());
+    }
+
+    *id = found;
+    return cert_state_t::verified;
+}
+
+
+/* ---------------------------------------------------------------------
+ * Request headers
+ */
+
+/*
+ * A position in an ngx_list_t, with the part before it: removing an
+ * element may unlink the part that held it.
+ */
+
+struct list_cursor_t {
+    ngx_list_t       *list;
+    ngx_list_part_t  *prev;
+    ngx_list_part_t  *part;
+    ngx_uint_t        i;
+
+    explicit list_cursor_t(ngx_list_t *l)
+        : list(l), prev(nullptr), part(&l->part), i(0) {}
+
+    /* the element at the cursor, or nullptr at the end */
+    void *get()
+    {
+        while (i >= part->nelts) {
+            if (part->next == nullptr) {
+                return nullptr;
+            }
+
+            prev = part;
+            part = part->next;
+            i = 0;
+        }
+
+        return static_cast<u_char *>(part->elts) + i * list->size;
+    }
+};
+
+
+/*
+ * Removes the element at the cursor without moving any other element:
+ * nginx keeps pointers into the header list (r->headers_in.host and the
+ * like), so the part is split around the element instead.  Two rules of
+ * nginx's lists are kept: a loop over the parts reads the first element
+ * of every part after the first, so none of them may be empty; and
+ * ngx_list_push() writes into the last part until it holds nalloc
+ * elements, which a split part has no room for, so nalloc is lowered to
+ * what the last part holds and the next push starts a new part.
+ * Afterwards the cursor's get() returns the element that followed.
+ */
+
+ngx_int_t
+remove_element(ngx_pool_t *pool, list_cursor_t &cur)
+{
+    ngx_list_t       *list = cur.list;
+    ngx_list_part_t  *part = cur.part;
+    bool              first = part == &list->part;
+    bool              last = list->last == part;
+
+    if (cur.i + 1 < part->nelts) {
+        auto *rest = static_cast<ngx_list_part_t *>(
+            ngx_palloc(pool, sizeof(ngx_list_part_t)));
+        if (rest == nullptr) {
+            return NGX_ERROR;
+        }
+
+        rest->elts = static_cast<u_char *>(part->elts)
+                     + (cur.i + 1) * list->size;
+        rest->nelts = part->nelts - cur.i - 1;
+        rest->next = part->next;
+
+        part->nelts = cur.i;
+        part->next = rest;
+
+        if (last) {
+            list->last = rest;
+        }
+
+    } else {
+        part->nelts--;
+    }
+
+    if (part->nelts == 0 && !first) {
+        cur.prev->next = part->next;
+
+        if (list->last == part) {
+            list->last = cur.prev;
+        }
+
+        cur.part = cur.prev;
+        cur.i = cur.prev->nelts;
+    }
+
+    if (last) {
+        list->nalloc = ngx_max(list->last->nelts, 1);
+    }
+
+    return NGX_OK;
+}
+
+
+/* the post-read phase: every reserved inbound header goes */
+
+ngx_int_t
+strip_handler(ngx_http_request_t *r)
+{
+    auto *mcf = main_conf(r);
+
+    if (!mcf->configured || r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    auto *scf = static_cast<srv_conf_t *>(
+        ngx_http_get_module_srv_conf(r, ngx_http_mtls_identity_module));
+
+    list_cursor_t  cur(&r->headers_in.headers);
+
+    while (auto *h = static_cast<ngx_table_elt_t *>(cur.get())) {
+        std::string_view name(reinterpret_cast<char *>(h->key.data),
+                              h->key.len);
+
+        if (!mtls::is_reserved_header(name, *scf->strip)) {
+            cur.i++;
+            continue;
+        }
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "mtls identity: removed client header \"%V\"",
+                      &h->key);
+
+        if (remove_element(r->pool, cur) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    return NGX_DECLINED;
+}
+
+
+/* sets one of the module's headers, or removes it when value is empty */
+
+ngx_int_t
+set_own_header(ngx_http_request_t *r, const own_header_t &hdr,
+    ngx_str_t value)
+{
+    list_cursor_t     cur(&r->headers_in.headers);
+    ngx_table_elt_t  *found = nullptr;
+
+    while (auto *h = static_cast<ngx_table_elt_t *>(cur.get())) {
+        if (h->key.len == hdr.lowcase.len
+            && ngx_strncasecmp(h->key.data, hdr.lowcase.data,
+                               hdr.lowcase.len) == 0)
+        {
+            found = h;
+            break;
+        }
+
+        cur.i++;
+    }
+
+    if (value.len == 0) {
+        return found != nullptr ? remove_element(r->pool, cur) : NGX_OK;
+    }
+
+    if (found == nullptr) {
+        found = static_cast<ngx_table_elt_t *>(
+            ngx_list_push(&r->headers_in.headers));
+        if (found == nullptr) {
+            return NGX_ERROR;
+        }
+    }
+
+    found->key = hdr.name;
+    found->lowcase_key = hdr.lowcase.data;
+    found->hash = hdr.hash;
+    found->value = value;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+set_identity_headers(ngx_http_request_t *r, request_state_t *st,
+    const mtls::cert_identity *id, bool on)
+{
+    ngx_str_t  values[4] = {};
+
+    if (on) {
+        values[0] = st->username;
+        values[1] = st->groups;
+        values[2].data = const_cast<u_char *>(
+            reinterpret_cast<const u_char *>(
+                mtls::name_of(static_cast<mtls::key_kind>(st->kind))
+                    .data()));
+        values[2].len =
+            mtls::name_of(static_cast<mtls::key_kind>(st->kind)).size();
+        values[3] = pool_string(r->pool, id->fingerprint);
+    }
+
+    for (std::size_t n = 0; n < 4; n++) {
+        if (set_own_header(r, own_headers[n], values[n]) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    st->headers_set = on;
+
+    return NGX_OK;
+}
+
+
+/* ---------------------------------------------------------------------
+ * The request state
+ */
+
+void request_state_cleanup(void *data);
+
+
+request_state_t *
+find_state(ngx_http_request_t *r)
+{
+    r = r->main;
+
+    auto *st = static_cast<request_state_t *>(
+        ngx_http_get_module_ctx(r, ngx_http_mtls_identity_module));
+
+    if (st != nullptr || !r->internal) {
+        return st;
+    }
+
+    /* an internal redirect cleared the context; the pool still has it */
+
+    for (ngx_pool_cleanup_t *cln = r->pool->cleanup; cln; cln = cln->next) {
+        if (cln->handler == request_state_cleanup) {
+            st = static_cast<request_state_t *>(cln->data);
+            ngx_http_set_ctx(r, st, ngx_http_mtls_identity_module);
+            return st;
+        }
+    }
+
+    return nullptr;
+}
+
+
+request_state_t *
+create_state(ngx_http_request_t *r)
+{
+    ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(r->pool,
+                                                   sizeof(request_state_t));
+    if (cln == nullptr) {
+        return nullptr;
+    }
+
+    auto *st = static_cast<request_state_t *>(cln->data);
+
+    ngx_memzero(st, sizeof(request_state_t));
+    st->request = r;
+    st->kind = -1;
+
+    cln->handler = request_state_cleanup;
+
+    ngx_http_set_ctx(r, st, ngx_http_mtls_identity_module);
+
+    return st;
+}
+
+
+/* ---------------------------------------------------------------------
+ * Waiting for the database
+ */
+
+bool link_send(link_t *link);
+link_t *idle_link();
+request_state_t *take_waiter(link_t *link);
+void link_failed(link_t *link, const char *what);
+
+
+void
+unpark(request_state_t *st)
+{
+    if (st->timer.timer_set) {
+        ngx_del_timer(&st->timer);
+    }
+
+    if (st->queued) {
+        ngx_queue_remove(&st->queue);
+        st->queued = 0;
+        worker->nwaiting--;
+    }
+
+    if (st->link != nullptr) {
+        st->link->waiter = nullptr;
+        st->link->draining = true;
+        st->link = nullptr;
+    }
+}
+
+
+/*
+ * The request went away while it waited (the client closed, or nginx
+ * terminated it): nothing may point at it any more.  A statement under
+ * way still runs to its end before its link serves anyone else.
+ */
+
+void
+request_state_cleanup(void *data)
+{
+    auto *st = static_cast<request_state_t *>(data);
+
+    if (st->phase == phase_t::waiting && worker != nullptr) {
+        unpark(st);
+    }
+}
+
+
+/* hands the request its answer and lets it run on */
+
+void
+wake(request_state_t *st, phase_t phase)
+{
+    ngx_http_request_t  *r = st->request;
+    ngx_connection_t    *c = r->connection;
+
+    unpark(st);
+
+    st->phase = phase;
+
+    r->main->count--;
+    r->read_event_handler = ngx_http_block_reading;
+
+    r->write_event_handler(r);
+    ngx_http_run_posted_requests(c);
+}
+
+
+void
+wait_timeout_handler(ngx_event_t *ev)
+{
+    auto *st = static_cast<request_state_t *>(ev->data);
+
+    ngx_log_error(NGX_LOG_ERR, ev->log, 0,
+                  "mtls identity: the database did not answer in %M ms",
+                  worker->mcf->timeout);
+
+    wake(st, phase_t::failed);
+}
+
+
+/*
+ * Starts a lookup for the request: on an idle link, or in the queue while
+ * a link is connecting or busy.  Returns false when nothing can take it.
+ */
+
+bool
+park(ngx_http_request_t *r, request_state_t *st)
+{
+    if (worker == nullptr || worker->exiting) {
+        return false;
+    }
+
+    link_t *link = idle_link();
+
+    if (link == nullptr) {
+        bool coming = false;
+
+        for (auto &l : worker->links) {
+            auto s = l->pg.status();
+
+            coming = coming || s == mtls::pg::connection::state::connecting
+                     || s == mtls::pg::connection::state::busy;
+        }
+
+        if (!coming || worker->nwaiting >= worker->mcf->queue) {
+            return false;
+        }
+
+    } else {
+        st->link = link;
+        link->waiter = st;
+
+        if (!link_send(link)) {
+            take_waiter(link);
+            link_failed(link, "cannot send the lookup");
+            return false;
+        }
+    }
+
+    if (link == nullptr) {
+        ngx_queue_insert_tail(&worker->waiting, &st->queue);
+        st->queued = 1;
+        worker->nwaiting++;
+    }
+
+    st->phase = phase_t::waiting;
+
+    st->timer.handler = wait_timeout_handler;
+    st->timer.data = st;
+    st->timer.log = r->connection->log;
+    ngx_add_timer(&st->timer, worker->mcf->timeout);
+
+    r->main->count++;
+    r->read_event_handler = ngx_http_test_reading;
+
+    return true;
+}
+
+
+/* ---------------------------------------------------------------------
+ * The access phase
+ */
+
+/* what the request learns from the database for this location */
+
+ngx_int_t
+decide(ngx_http_request_t *r, request_state_t *st, loc_conf_t *lcf,
+    const mtls::cert_identity *id)
+{
+    st->decided = 1;
+    st->allowed = 0;
+    st->kind = -1;
+    ngx_str_null(&st->username);
+    ngx_str_null(&st->groups);
+
+    if (st->phase == phase_t::failed) {
+        st->why = mtls::reason::db_unavailable;
+        return NGX_OK;
+    }
+
+    std::optional<mtls::lookup> facts = mtls::decode(std::string_view(
+        reinterpret_cast<char *>(st->facts.data), st->facts.len));
+
+    if (!facts) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "mtls identity: a stored lookup cannot be read");
+        st->why = mtls::reason::db_unavailable;
+        return NGX_OK;
+    }
+
+    mtls::decision d = mtls::decide(*facts, lcf->policy->kinds,
+                                    lcf->policy->groups, ngx_time());
+
+    st->why = d.why;
+
+    if (d.kind) {
+        st->kind = static_cast<int>(*d.kind);
+    }
+
+    if (!d.detail.empty()) {
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      "mtls identity: certificate %s: %s",
+                      id->fingerprint.c_str(), d.detail.c_str());
+    }
+
+    if (d.why != mtls::reason::ok) {
+        return NGX_OK;
+    }
+
+    std::size_t omitted = 0;
+    std::string groups = mtls::join_groups(d.groups, groups_header_cap,
+                                           omitted);
+
+    if (omitted > 0) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "mtls identity: %uz groups of \"%s\" left out of "
+                      "the groups header, which stops at %uz bytes",
+                      omitted, d.username.c_str(), groups_header_cap);
+    }
+
+    st->allowed = 1;
+    st->username = pool_string(r->pool, mtls::percent_encode(d.username));
+    st->groups = pool_string(r->pool, groups);
+
+    if (st->username.data == nullptr
+        || (!groups.empty() && st->groups.data == nullptr))
+    {
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+status_of(mtls::reason why)
+{
+    switch (why) {
+    case mtls::reason::ok:
+        return NGX_OK;
+    case mtls::reason::no_cert:
+        return NGX_HTTPS_NO_CERT;
+    case mtls::reason::unverified:
+        return NGX_HTTPS_CERT_ERROR;
+    case mtls::reason::db_unavailable:
+        return NGX_HTTP_SERVICE_UNAVAILABLE;
+    default:
+        return NGX_HTTP_FORBIDDEN;
+    }
+}
+
+
+/* the outcome: the log line, the headers and what nginx is told */
+
+ngx_int_t
+finish(ngx_http_request_t *r, request_state_t *st, loc_conf_t *lcf,
+    const mtls::cert_identity *id)
+{
+    bool         report = st->mode == mode_t::report;
+    const char  *fingerprint = id != nullptr ? id->fingerprint.c_str()
+                                             : "-";
+
+    if (!st->allowed) {
+        std::string_view why = mtls::name_of(st->why);
+
+        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                      report ? "mtls identity: would deny (%*s), "
+                               "certificate %s"
+                             : "mtls identity: access denied (%*s), "
+                               "certificate %s",
+                      why.size(), why.data(), fingerprint);
+    }
+
+    if (st->allowed || st->headers_set) {
+        bool on = st->allowed && lcf->headers;
+
+        if (set_identity_headers(r, st, id, on) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (report) {
+        return NGX_DECLINED;
+    }
+
+    return status_of(st->why);
+}
+
+
+ngx_int_t
+access_handler(ngx_http_request_t *r)
+{
+    auto *lcf = static_cast<loc_conf_t *>(
+        ngx_http_get_module_loc_conf(r, ngx_http_mtls_identity_module));
+
+    request_state_t  *st = find_state(r);
+
+    if (lcf->mode == static_cast<ngx_uint_t>(mode_t::off)) {
+
+        /* an internal redirect from a location that set the headers */
+
+        if (st != nullptr && st->headers_set) {
+            const mtls::cert_identity  *none = nullptr;
+
+            if (set_identity_headers(r, st, none, false) != NGX_OK) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+        }
+
+        return NGX_DECLINED;
+    }
+
+    if (st == nullptr) {
+        st = create_state(r);
+        if (st == nullptr) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    if (st->phase == phase_t::waiting) {
+        return NGX_AGAIN;
+    }
+
+    log_action  action(r->connection->log,
+                       "checking the client certificate identity");
+
+    st->mode = static_cast<mode_t>(lcf->mode);
+
+    const mtls::cert_identity *id = nullptr;
+
+    switch (connection_identity(r, &id)) {
+
+    case cert_state_t::none:
+        st->decided = 1;
+        st->allowed = 0;
+        st->why = mtls::reason::no_cert;
+        return finish(r, st, lcf, nullptr);
+
+    case cert_state_t::unverified:
+        st->decided = 1;
+        st->allowed = 0;
+        st->why = mtls::reason::unverified;
+        return finish(r, st, lcf, nullptr);
+
+    case cert_state_t::verified:
+        break;
+    }
+
+    if (id == nullptr) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (!id->ok()) {
+        st->decided = 1;
+        st->allowed = 0;
+        st->why = mtls::reason::unknown;
+        return finish(r, st, lcf, id);
+    }
+
+    try {
+        if (st->phase == phase_t::fresh) {
+
+            if (park(r, st)) {
+                return NGX_AGAIN;
+            }
+
+            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                          "mtls identity: no database connection "
+                          "can take the lookup");
+            st->phase = phase_t::failed;
+        }
+
+        if (decide(r, st, lcf, id) != NGX_OK) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "mtls identity: %s", e.what());
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    return finish(r, st, lcf, id);
+}
+
+
+/* ---------------------------------------------------------------------
+ * Database links: one libpq connection each, driven by nginx's events
+ */
+
+void link_event_handler(ngx_event_t *ev);
+void link_timer_handler(ngx_event_t *ev);
+void link_connect(link_t *link);
+
+
+u_char *
+link_log_handler(ngx_log_t *log, u_char *buf, size_t len)
+{
+    u_char  *p = buf;
+
+    if (log->action != nullptr) {
+        p = ngx_snprintf(p, len, " while %s", log->action);
+        len -= p - buf;
+    }
+
+    if (worker != nullptr && worker->mcf->db != nullptr) {
+        p = ngx_snprintf(p, len, ", database: %s",
+                         worker->mcf->db->summary.c_str());
+    }
+
+    return p;
+}
+
+
+/* forgets the socket: pg has closed it, or is about to */
+
+void
+link_release_socket(link_t *link)
+{
+    ngx_connection_t  *c = link->conn;
+
+    if (c == nullptr) {
+        return;
+    }
+
+    if (c->read->active) {
+        ngx_del_event(c->read, NGX_READ_EVENT, NGX_CLOSE_EVENT);
+    }
+
+    if (c->write->active) {
+        ngx_del_event(c->write, NGX_WRITE_EVENT, NGX_CLOSE_EVENT);
+    }
+
+    if (c->read->posted) {
+        ngx_delete_posted_event(c->read);
+    }
+
+    if (c->write->posted) {
+        ngx_delete_posted_event(c->write);
+    }
+
+    ngx_free_connection(c);
+    c->fd = (ngx_socket_t) -1;
+    link->conn = nullptr;
+}
+
+
+/* stops watching the socket while it is still open */
+
+void
+link_unwatch(link_t *link)
+{
+    ngx_connection_t  *c = link->conn;
+
+    if (c == nullptr) {
+        return;
+    }
+
+    if (c->read->active) {
+        ngx_del_event(c->read, NGX_READ_EVENT, 0);
+    }
+
+    if (c->write->active) {
+        ngx_del_event(c->write, NGX_WRITE_EVENT, 0);
+    }
+}
+
+
+/*
+ * Watches the socket for what pg waits for, level-triggered: libpq reads
+ * at most once per call, so an edge could be consumed while data remains.
+ */
+
+bool
+link_watch(link_t *link)
+{
+    int  fd = link->pg.socket();
+
+    if (fd < 0) {
+        return false;
+    }
+
+    if (link->conn != nullptr && link->conn->fd != fd) {
+        link_release_socket(link);
+    }
+
+    if (link->conn == nullptr) {
+        ngx_connection_t *c = ngx_get_connection(fd, &link->log);
+        if (c == nullptr) {
+            return false;
+        }
+
+        c->data = link;
+        c->log = &link->log;
+        c->read->handler = link_event_handler;
+        c->write->handler = link_event_handler;
+        c->read->log = &link->log;
+        c->write->log = &link->log;
+        link->conn = c;
+    }
+
+    ngx_connection_t  *c = link->conn;
+    bool               r = link->pg.wants_read();
+    bool               w = link->pg.wants_write();
+
+    if (r && !c->read->active) {
+        if (ngx_add_event(c->read, NGX_READ_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return false;
+        }
+
+    } else if (!r && c->read->active) {
+        if (ngx_del_event(c->read, NGX_READ_EVENT, 0) != NGX_OK) {
+            return false;
+        }
+    }
+
+    if (w && !c->write->active) {
+        if (ngx_add_event(c->write, NGX_WRITE_EVENT, NGX_LEVEL_EVENT)
+            != NGX_OK)
+        {
+            return false;
+        }
+
+    } else if (!w && c->write->active) {
+        if (ngx_del_event(c->write, NGX_WRITE_EVENT, 0) != NGX_OK) {
+            return false;
+        }
+    }
+
+    return true;
+}
+
+
+/* closes the connection and tries again later, or at once */
+
+void
+link_reset(link_t *link, ngx_msec_t delay)
+{
+    link_release_socket(link);
+    link->pg.close();
+    link->draining = false;
+
+    if (link->timer.timer_set) {
+        ngx_del_timer(&link->timer);
+    }
+
+    if (worker->exiting) {
+        return;
+    }
+
+    if (delay == 0) {
+        link_connect(link);
+        return;
+    }
+
+    ngx_add_timer(&link->timer, delay);
+}
+
+
+/* the link's request, which no longer waits on it */
+
+request_state_t *
+take_waiter(link_t *link)
+{
+    request_state_t *st = link->waiter;
+
+    if (st != nullptr) {
+        st->link = nullptr;
+        link->waiter = nullptr;
+    }
+
+    return st;
+}
+
+
+/* the connection broke: its request fails, and it reconnects later */
+
+void
+link_failed(link_t *link, const char *what)
+{
+    /* while the database stays away, a line a minute is enough */
+
+    if (link->failures++ % 60 == 0) {
+        ngx_log_error(NGX_LOG_ERR, &link->log, 0, "mtls identity: %s: %s",
+                      what, link->pg.error().c_str());
+    }
+
+    request_state_t *st = take_waiter(link);
+
+    /* capped, so a database that is back is found within a second */
+
+    link->backoff = link->backoff == 0 ? 100
+                                       : ngx_min(link->backoff * 2, 1000);
+
+    link_reset(link, link->backoff);
+
+    if (st != nullptr) {
+        wake(st, phase_t::failed);
+    }
+}
+
+
+/* hands an idle link the next waiting request, if any */
+
+void
+link_next(link_t *link)
+{
+    if (ngx_queue_empty(&worker->waiting)) {
+        return;
+    }
+
+    ngx_queue_t *q = ngx_queue_head(&worker->waiting);
+    auto *st = ngx_queue_data(q, request_state_t, queue);
+
+    ngx_queue_remove(q);
+    st->queued = 0;
+    worker->nwaiting--;
+
+    st->link = link;
+    link->waiter = st;
+
+    if (!link_send(link)) {
+        st = take_waiter(link);
+        link_failed(link, "cannot send the lookup");
+        wake(st, phase_t::failed);
+    }
+}
+
+
+/* the statement ended: give its answer to its request */
+
+void
+link_answer(link_t *link)
+{
+    request_state_t     *st = take_waiter(link);
+    mtls::pg::result     res = link->pg.take_result();
+
+    if (link->timer.timer_set) {
+        ngx_del_timer(&link->timer);
+    }
+
+    link->draining = false;
+
+    if (st == nullptr) {
+        link_next(link);
+        return;
+    }
+
+    ngx_http_request_t  *r = st->request;
+    phase_t              phase = phase_t::failed;
+
+    if (res == nullptr) {
+        ngx_log_error(NGX_LOG_ERR, &link->log, 0,
+                      "mtls identity: lookup failed: %s",
+                      link->pg.error().c_str());
+
+    } else {
+        std::string                  error;
+        std::optional<mtls::lookup>  facts =
+            mtls::store::read_lookup(res.get(), error);
+
+        if (!facts) {
+            ngx_log_error(NGX_LOG_ERR, &link->log, 0,
+                          "mtls identity: %s", error.c_str());
+
+        } else {
+            st->facts = pool_string(r->pool, mtls::encode(*facts));
+            phase = st->facts.data != nullptr ? phase_t::answered
+                                              : phase_t::failed;
+        }
+    }
+
+    wake(st, phase);
+
+    if (link->pg.status() == mtls::pg::connection::state::idle
+        && link->waiter == nullptr)
+    {
+        link_next(link);
+    }
+}
+
+
+/* advances the link after its socket became ready, or a step began */
+
+void
+link_step(link_t *link)
+{
+    using state = mtls::pg::connection::state;
+
+    bool connecting = link->pg.status() == state::connecting;
+
+    /* while connecting, libpq may close its socket and open another */
+
+    if (connecting) {
+        link_unwatch(link);
+    }
+
+    link->pg.step();
+
+    switch (link->pg.status()) {
+
+    case state::failed:
+        link_failed(link, connecting ? "cannot connect to PostgreSQL"
+                                     : "PostgreSQL connection failed");
+        return;
+
+    case state::idle:
+        if (connecting) {
+            if (link->timer.timer_set) {
+                ngx_del_timer(&link->timer);
+            }
+
+            link->backoff = 0;
+            link->failures = 0;
+            ngx_log_error(NGX_LOG_INFO, &link->log, 0,
+                          "mtls identity: connected to PostgreSQL");
+        }
+
+        if (link->pg.has_result()) {
+            if (!link_watch(link)) {
+                link_failed(link, "cannot watch the PostgreSQL socket");
+                return;
+            }
+
+            link_answer(link);
+            return;
+        }
+
+        if (connecting) {
+            link_next(link);
+        }
+
+        break;
+
+    default:
+        break;
+    }
+
+    if (link->pg.status() != state::closed && !link_watch(link)) {
+        link_failed(link, "cannot watch the PostgreSQL socket");
+    }
+}
+
+
+void
+link_event_handler(ngx_event_t *ev)
+{
+    using state = mtls::pg::connection::state;
+
+    auto *c = static_cast<ngx_connection_t *>(ev->data);
+    auto *link = static_cast<link_t *>(c->data);
+
+    state        now = link->pg.status();
+    log_action   action(&link->log,
+                        now == state::connecting ? "connecting to PostgreSQL"
+                        : now == state::busy ? "waiting for a lookup"
+                        : "reading from an idle PostgreSQL connection");
+
+    try {
+        link_step(link);
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, &link->log, 0, "mtls identity: %s",
+                      e.what());
+        link_failed(link, "internal error");
+    }
+}
+
+
+void
+link_timer_handler(ngx_event_t *ev)
+{
+    using state = mtls::pg::connection::state;
+
+    auto *link = static_cast<link_t *>(ev->data);
+
+    switch (link->pg.status()) {
+
+    case state::connecting:
+        ngx_log_error(NGX_LOG_ERR, &link->log, 0,
+                      "mtls identity: connecting to PostgreSQL "
+                      "timed out after %M ms",
+                      worker->mcf->connect_timeout);
+        link_reset(link, 1000);
+        return;
+
+    case state::busy: {
+        request_state_t *st = take_waiter(link);
+
+        ngx_log_error(NGX_LOG_ERR, &link->log, 0,
+                      "mtls identity: the lookup timed out after %M ms; "
+                      "reconnecting", worker->mcf->timeout);
+
+        /* a statement under way cannot be abandoned: the link starts over */
+
+        link_reset(link, 0);
+
+        if (st != nullptr) {
+            wake(st, phase_t::failed);
+        }
+
+        return;
+    }
+
+    default:
+        link_connect(link);
+        return;
+    }
+}
+
+
+void
+link_connect(link_t *link)
+{
+    log_action  action(&link->log, "connecting to PostgreSQL");
+
+    try {
+        link->pg.start(worker->mcf->db->info);
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, &link->log, 0, "mtls identity: %s",
+                      e.what());
+        link_reset(link, 1000);
+        return;
+    }
+
+    if (link->pg.status() == mtls::pg::connection::state::failed) {
+        link_failed(link, "cannot connect to PostgreSQL");
+        return;
+    }
+
+    ngx_add_timer(&link->timer, worker->mcf->connect_timeout);
+
+    link_step(link);
+}
+
+
+/*
+ * Sends the lookup of the link's request.  On failure the request is
+ * still the link's, for the caller to fail.
+ */
+
+bool
+link_send(link_t *link)
+{
+    ngx_http_request_t         *r = link->waiter->request;
+    const mtls::cert_identity  *id = nullptr;
+
+    connection_identity(r, &id);
+
+    if (id == nullptr
+        || !link->pg.send(mtls::store::lookup.name,
+                          mtls::store::lookup_params(*id)))
+    {
+        return false;
+    }
+
+    ngx_add_timer(&link->timer, worker->mcf->timeout);
+
+    return link_watch(link);
+}
+
+
+/* an idle link, if there is one */
+
+link_t *
+idle_link()
+{
+    for (auto &link : worker->links) {
+        if (link->pg.status() == mtls::pg::connection::state::idle
+            && link->waiter == nullptr && !link->draining)
+        {
+            return link.get();
+        }
+    }
+
+    return nullptr;
+}
+
+
+/* ---------------------------------------------------------------------
+ * Variables
+ */
+
 /* copies a value into the request pool; std::string never lives there */
 
 ngx_int_t
 set_value(ngx_http_request_t *r, ngx_http_variable_value_t *v,
-    const std::string &s)
+    std::string_view s)
 {
     u_char  *p = nullptr;
 
@@ -211,54 +1657,140 @@ set_value(ngx_http_request_t *r, ngx_http_variable_value_t *v,
 
 
 ngx_int_t
+set_value(ngx_http_variable_value_t *v, ngx_str_t s)
+{
+    v->data = s.data;
+    v->len = s.len;
+    v->valid = 1;
+    v->no_cacheable = 0;
+    v->not_found = 0;
+
+    return NGX_OK;
+}
+
+
+ngx_int_t
+certificate_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
+    field_t field)
+{
+    const mtls::cert_identity *id = nullptr;
+
+    connection_identity(r, &id);
+
+    if (id == nullptr) {
+        return set_value(r, v, "");
+    }
+
+    if (field == field_t::fingerprint) {
+        return set_value(r, v, id->fingerprint);
+    }
+
+    if (!id->ok()) {
+        return set_value(r, v, "");
+    }
+
+    switch (field) {
+    case field_t::spki:
+        return set_value(r, v, id->spki);
+    case field_t::subject:
+        return set_value(r, v, id->subject);
+    case field_t::issuer:
+        return set_value(r, v, id->issuer);
+    case field_t::serial:
+        return set_value(r, v, id->serial);
+    case field_t::san_uri:
+        return set_value(r, v, mtls::join_values(id->san_uri));
+    case field_t::san_email:
+        return set_value(r, v, mtls::join_values(id->san_email));
+    case field_t::san_dns:
+        return set_value(r, v, mtls::join_values(id->san_dns));
+    default:
+        break;
+    }
+
+    ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                  "mtls identity: unknown variable field %ui",
+                  static_cast<ngx_uint_t>(field));
+    return NGX_ERROR;
+}
+
+
+/* the reason of a request the module has not decided (yet) */
+
+std::string_view
+undecided_reason(ngx_http_request_t *r)
+{
+    const mtls::cert_identity  *id;
+
+    switch (connection_identity(r, &id)) {
+    case cert_state_t::none:
+        return mtls::name_of(mtls::reason::no_cert);
+    case cert_state_t::unverified:
+        return mtls::name_of(mtls::reason::unverified);
+    default:
+        return "";
+    }
+}
+
+
+ngx_int_t
+decision_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
+    field_t field)
+{
+    request_state_t  *st = find_state(r);
+
+    if (st == nullptr || !st->decided) {
+        return set_value(r, v, field == field_t::reason
+                               ? undecided_reason(r) : "");
+    }
+
+    switch (field) {
+
+    case field_t::identity:
+        return set_value(v, st->allowed ? st->username : ngx_str_t{});
+
+    case field_t::groups:
+        return set_value(v, st->allowed ? st->groups : ngx_str_t{});
+
+    case field_t::key:
+        return set_value(r, v, st->allowed
+                               ? mtls::name_of(static_cast<mtls::key_kind>(
+                                     st->kind))
+                               : "");
+
+    case field_t::status:
+        return set_value(r, v, st->allowed ? "allow"
+                               : st->mode == mode_t::report ? "report"
+                               : "deny");
+
+    default:
+        return set_value(r, v, mtls::name_of(st->why));
+    }
+}
+
+
+ngx_int_t
 identity_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     uintptr_t data)
 {
-    static const std::string  empty;
+    auto field = static_cast<field_t>(data);
 
     try {
-        const mtls::cert_identity *id = connection_identity(r);
+        if (field >= field_t::identity) {
+            ngx_int_t rc = decision_variable(r, v, field);
 
-        if (id == nullptr) {
-            return set_value(r, v, empty);
+            /* the decision may change after an internal redirect */
+            v->no_cacheable = 1;
+            return rc;
         }
 
-        if (static_cast<field_t>(data) == field_t::fingerprint) {
-            return set_value(r, v, id->fingerprint);
-        }
-
-        if (!id->ok()) {
-            return set_value(r, v, empty);
-        }
-
-        switch (static_cast<field_t>(data)) {
-        case field_t::spki:
-            return set_value(r, v, id->spki);
-        case field_t::subject:
-            return set_value(r, v, id->subject);
-        case field_t::issuer:
-            return set_value(r, v, id->issuer);
-        case field_t::serial:
-            return set_value(r, v, id->serial);
-        case field_t::san_uri:
-            return set_value(r, v, mtls::join_values(id->san_uri));
-        case field_t::san_email:
-            return set_value(r, v, mtls::join_values(id->san_email));
-        case field_t::san_dns:
-            return set_value(r, v, mtls::join_values(id->san_dns));
-        default:
-            break;
-        }
+        return certificate_variable(r, v, field);
 
     } catch (const std::exception &e) {
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
                       "mtls identity: %s", e.what());
         return NGX_ERROR;
     }
-
-    ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
-                  "mtls identity: unknown variable field %ui", data);
-    return NGX_ERROR;
 }
 
 
@@ -277,6 +1809,11 @@ variable_def_t  variables[] = {
     { ngx_string("mtls_identity_san_uri"), field_t::san_uri },
     { ngx_string("mtls_identity_san_email"), field_t::san_email },
     { ngx_string("mtls_identity_san_dns"), field_t::san_dns },
+    { ngx_string("mtls_identity"), field_t::identity },
+    { ngx_string("mtls_identity_groups"), field_t::groups },
+    { ngx_string("mtls_identity_key"), field_t::key },
+    { ngx_string("mtls_identity_status"), field_t::status },
+    { ngx_string("mtls_identity_reason"), field_t::reason },
 };
 
 
@@ -284,8 +1821,11 @@ ngx_int_t
 add_variables(ngx_conf_t *cf)
 {
     for (variable_def_t &def : variables) {
+        ngx_uint_t flags = def.field >= field_t::identity
+                           ? NGX_HTTP_VAR_NOCACHEABLE : 0;
+
         ngx_http_variable_t *var = ngx_http_add_variable(cf, &def.name,
-                                                         NGX_HTTP_VAR_NOHASH);
+                                                         flags);
         if (var == nullptr) {
             return NGX_ERROR;
         }
@@ -298,6 +1838,26 @@ add_variables(ngx_conf_t *cf)
 }
 
 
+/* ---------------------------------------------------------------------
+ * Configuration
+ */
+
+main_conf_t *
+conf_main(ngx_conf_t *cf)
+{
+    return static_cast<main_conf_t *>(
+        ngx_http_conf_get_module_main_conf(cf,
+                                           ngx_http_mtls_identity_module));
+}
+
+
+conf_place_t
+place_of(ngx_conf_t *cf)
+{
+    return { cf->conf_file->file.name, cf->conf_file->line };
+}
+
+
 void *
 create_main_conf(ngx_conf_t *cf)
 {
@@ -307,18 +1867,567 @@ create_main_conf(ngx_conf_t *cf)
         return nullptr;
     }
 
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     mcf->configured = 0;
+     *     mcf->db = NULL;
+     *     mcf->db_place = { null, 0 };
+     */
+
     mcf->ex_index = -1;
+    mcf->connections = NGX_CONF_UNSET_UINT;
+    mcf->queue = NGX_CONF_UNSET_UINT;
+    mcf->connect_timeout = NGX_CONF_UNSET_MSEC;
+    mcf->timeout = NGX_CONF_UNSET_MSEC;
 
     return mcf;
+}
+
+
+char *
+init_main_conf(ngx_conf_t *cf, void *conf)
+{
+    auto *mcf = static_cast<main_conf_t *>(conf);
+
+    ngx_conf_init_uint_value(mcf->connections, 2);
+    ngx_conf_init_uint_value(mcf->queue, 256);
+    ngx_conf_init_msec_value(mcf->connect_timeout, 2000);
+    ngx_conf_init_msec_value(mcf->timeout, 2000);
+
+    return NGX_CONF_OK;
+}
+
+
+void *
+create_srv_conf(ngx_conf_t *cf)
+{
+    return ngx_pcalloc(cf->pool, sizeof(srv_conf_t));
+}
+
+
+char *
+merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    auto *prev = static_cast<srv_conf_t *>(parent);
+    auto *conf = static_cast<srv_conf_t *>(child);
+
+    if (conf->strip != nullptr) {
+        return NGX_CONF_OK;
+    }
+
+    if (prev->strip == nullptr) {
+        prev->strip = pool_new<std::vector<std::string>>(cf->pool);
+        if (prev->strip == nullptr) {
+            return conf_error;
+        }
+
+        try {
+            for (const char *name : default_strip) {
+                prev->strip->push_back(mtls::normalize_header_name(name));
+            }
+
+        } catch (const std::bad_alloc &) {
+            return conf_error;
+        }
+    }
+
+    conf->strip = prev->strip;
+
+    return NGX_CONF_OK;
+}
+
+
+void *
+create_loc_conf(ngx_conf_t *cf)
+{
+    auto *lcf = static_cast<loc_conf_t *>(
+        ngx_pcalloc(cf->pool, sizeof(loc_conf_t)));
+    if (lcf == nullptr) {
+        return nullptr;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     lcf->mode_place = { null, 0 };
+     *     lcf->policy = NULL;
+     *     lcf->kinds = NULL;
+     *     lcf->groups = NULL;
+     */
+
+    lcf->mode = NGX_CONF_UNSET_UINT;
+    lcf->headers = NGX_CONF_UNSET;
+
+    return lcf;
+}
+
+
+char *
+merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    auto *prev = static_cast<loc_conf_t *>(parent);
+    auto *conf = static_cast<loc_conf_t *>(child);
+
+    if (conf->mode == NGX_CONF_UNSET_UINT) {
+        conf->mode = prev->mode;
+        conf->mode_place = prev->mode_place;
+    }
+
+    ngx_conf_merge_uint_value(conf->mode, prev->mode,
+                              static_cast<ngx_uint_t>(mode_t::off));
+    ngx_conf_merge_value(conf->headers, prev->headers, 1);
+
+    if (conf->kinds == nullptr) {
+        conf->kinds = prev->kinds;
+    }
+
+    if (conf->groups == nullptr) {
+        conf->groups = prev->groups;
+    }
+
+    if (conf->kinds == prev->kinds && conf->groups == prev->groups
+        && prev->policy != nullptr)
+    {
+        conf->policy = prev->policy;
+        return NGX_CONF_OK;
+    }
+
+    conf->policy = pool_new<policy_t>(cf->pool);
+    if (conf->policy == nullptr) {
+        return conf_error;
+    }
+
+    try {
+        if (conf->kinds == nullptr) {
+            conf->policy->kinds.push_back(mtls::key_kind::fingerprint);
+
+        } else {
+            auto *kinds = static_cast<ngx_str_t *>(conf->kinds->elts);
+
+            for (ngx_uint_t i = 0; i < conf->kinds->nelts; i++) {
+                conf->policy->kinds.push_back(*mtls::key_kind_named(
+                    std::string_view(
+                        reinterpret_cast<char *>(kinds[i].data),
+                        kinds[i].len)));
+            }
+        }
+
+        if (conf->groups != nullptr) {
+            auto *groups = static_cast<ngx_str_t *>(conf->groups->elts);
+
+            for (ngx_uint_t i = 0; i < conf->groups->nelts; i++) {
+                conf->policy->groups.emplace_back(
+                    reinterpret_cast<char *>(groups[i].data),
+                    groups[i].len);
+            }
+        }
+
+    } catch (const std::bad_alloc &) {
+        return conf_error;
+    }
+
+    if (conf->mode != static_cast<ngx_uint_t>(mode_t::off)
+        && conf_main(cf)->db == nullptr)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"mtls_identity %s\" in %V:%ui needs a database: "
+                      "add \"mtls_identity_db\" to the http block",
+                      conf->mode == static_cast<ngx_uint_t>(mode_t::on)
+                      ? "on" : "report",
+                      &conf->mode_place.file, conf->mode_place.line);
+        return conf_error;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* "name=value": the value when arg starts with name=, else nullptr */
+
+ngx_str_t *
+option_value(ngx_str_t *arg, const char *name, ngx_str_t *value)
+{
+    size_t  len = ngx_strlen(name);
+
+    if (arg->len <= len || ngx_strncmp(arg->data, name, len) != 0) {
+        return nullptr;
+    }
+
+    value->data = arg->data + len;
+    value->len = arg->len - len;
+    return value;
+}
+
+
+char *
+set_db(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    auto      *mcf = static_cast<main_conf_t *>(conf);
+    auto      *args = static_cast<ngx_str_t *>(cf->args->elts);
+    ngx_str_t  v;
+
+    if (mcf->db != nullptr) {
+        return const_cast<char *>("is duplicate");
+    }
+
+    mcf->configured = 1;
+    mcf->db_place = place_of(cf);
+
+    mcf->db = pool_new<database_t>(cf->pool);
+    if (mcf->db == nullptr) {
+        return conf_error;
+    }
+
+    try {
+        std::string error = mcf->db->info.parse(std::string_view(
+            reinterpret_cast<char *>(args[1].data), args[1].len));
+
+        if (!error.empty()) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid conninfo in \"mtls_identity_db\": "
+                               "%s", error.c_str());
+            return conf_error;
+        }
+
+        /* no host name lookup ever happens in a worker */
+
+        error = mcf->db->info.resolve();
+        if (!error.empty()) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"mtls_identity_db\": %s; use an address "
+                               "or a socket directory", error.c_str());
+            return conf_error;
+        }
+
+        /*
+         * GSSAPI negotiation can read credential files and look up host
+         * names while connecting; it is off unless the conninfo asks
+         */
+
+        auto &info = mcf->db->info;
+
+        if (info.get("gssencmode") == nullptr) {
+            info.set("gssencmode", "disable");
+        }
+
+        if (info.get("application_name") == nullptr) {
+            info.set("application_name", "nginx mtls_identity");
+        }
+
+        if (info.get("client_encoding") == nullptr) {
+            info.set("client_encoding", "UTF8");
+        }
+
+        mcf->db->summary = info.summary();
+
+    } catch (const std::bad_alloc &) {
+        return conf_error;
+    }
+
+    for (ngx_uint_t i = 2; i < cf->args->nelts; i++) {
+
+        if (option_value(&args[i], "connections=", &v)) {
+            ngx_int_t n = ngx_atoi(v.data, v.len);
+
+            if (n < 1 || n > 64) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"connections\" must be 1 to 64, "
+                                   "not \"%V\"", &v);
+                return conf_error;
+            }
+
+            mcf->connections = n;
+            continue;
+        }
+
+        if (option_value(&args[i], "queue=", &v)) {
+            ngx_int_t n = ngx_atoi(v.data, v.len);
+
+            if (n == NGX_ERROR || n > 65535) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "\"queue\" must be 0 to 65535, "
+                                   "not \"%V\"", &v);
+                return conf_error;
+            }
+
+            mcf->queue = n;
+            continue;
+        }
+
+        if (option_value(&args[i], "connect_timeout=", &v)
+            || option_value(&args[i], "timeout=", &v))
+        {
+            ngx_msec_t t = ngx_parse_time(&v, 0);
+
+            if (t == (ngx_msec_t) NGX_ERROR || t == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid time \"%V\"", &args[i]);
+                return conf_error;
+            }
+
+            if (args[i].data[0] == 'c') {
+                mcf->connect_timeout = t;
+            } else {
+                mcf->timeout = t;
+            }
+
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\" of "
+                           "\"mtls_identity_db\"; expected connections=, "
+                           "queue=, connect_timeout= or timeout=", &args[i]);
+        return conf_error;
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+char *
+set_mode(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    auto  *lcf = static_cast<loc_conf_t *>(conf);
+    auto  *args = static_cast<ngx_str_t *>(cf->args->elts);
+
+    if (lcf->mode != NGX_CONF_UNSET_UINT) {
+        return const_cast<char *>("is duplicate");
+    }
+
+    if (ngx_strcmp(args[1].data, "on") == 0) {
+        lcf->mode = static_cast<ngx_uint_t>(mode_t::on);
+
+    } else if (ngx_strcmp(args[1].data, "off") == 0) {
+        lcf->mode = static_cast<ngx_uint_t>(mode_t::off);
+
+    } else if (ngx_strcmp(args[1].data, "report") == 0) {
+        lcf->mode = static_cast<ngx_uint_t>(mode_t::report);
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in \"mtls_identity\"; "
+                           "it must be \"on\", \"off\" or \"report\"",
+                           &args[1]);
+        return conf_error;
+    }
+
+    lcf->mode_place = place_of(cf);
+    conf_main(cf)->configured = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+/* copies the directive's arguments into an array of ngx_str_t */
+
+ngx_array_t *
+argument_list(ngx_conf_t *cf)
+{
+    auto *args = static_cast<ngx_str_t *>(cf->args->elts);
+    ngx_array_t *list = ngx_array_create(cf->pool, cf->args->nelts - 1,
+                                         sizeof(ngx_str_t));
+    if (list == nullptr) {
+        return nullptr;
+    }
+
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+        auto *s = static_cast<ngx_str_t *>(ngx_array_push(list));
+        *s = args[i];
+    }
+
+    return list;
+}
+
+
+bool
+listed_before(ngx_conf_t *cf, ngx_uint_t i)
+{
+    auto *args = static_cast<ngx_str_t *>(cf->args->elts);
+
+    for (ngx_uint_t k = 1; k < i; k++) {
+        if (args[k].len == args[i].len
+            && ngx_strncmp(args[k].data, args[i].data, args[i].len) == 0)
+        {
+            return true;
+        }
+    }
+
+    return false;
+}
+
+
+char *
+set_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    auto  *lcf = static_cast<loc_conf_t *>(conf);
+    auto  *args = static_cast<ngx_str_t *>(cf->args->elts);
+
+    if (lcf->kinds != nullptr) {
+        return const_cast<char *>("is duplicate");
+    }
+
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+        std::string_view name(reinterpret_cast<char *>(args[i].data),
+                              args[i].len);
+
+        if (!mtls::key_kind_named(name)) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "unknown key kind \"%V\" in "
+                               "\"mtls_identity_key\"; use fingerprint, "
+                               "spki, subject, issuer_serial, san_uri, "
+                               "san_email or san_dns", &args[i]);
+            return conf_error;
+        }
+
+        if (listed_before(cf, i)) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "key kind \"%V\" is listed twice",
+                               &args[i]);
+            return conf_error;
+        }
+    }
+
+    lcf->kinds = argument_list(cf);
+    conf_main(cf)->configured = 1;
+
+    return lcf->kinds != nullptr ? NGX_CONF_OK : conf_error;
+}
+
+
+char *
+set_groups(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    auto  *lcf = static_cast<loc_conf_t *>(conf);
+    auto  *args = static_cast<ngx_str_t *>(cf->args->elts);
+
+    if (lcf->groups != nullptr) {
+        return const_cast<char *>("is duplicate");
+    }
+
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+        if (args[i].len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "empty group name in "
+                               "\"mtls_identity_require_group\"");
+            return conf_error;
+        }
+    }
+
+    lcf->groups = argument_list(cf);
+    conf_main(cf)->configured = 1;
+
+    return lcf->groups != nullptr ? NGX_CONF_OK : conf_error;
+}
+
+
+char *
+set_flag(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    conf_main(cf)->configured = 1;
+
+    return ngx_conf_set_flag_slot(cf, cmd, conf);
+}
+
+
+char *
+set_strip(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    auto  *scf = static_cast<srv_conf_t *>(conf);
+    auto  *args = static_cast<ngx_str_t *>(cf->args->elts);
+
+    if (scf->strip != nullptr) {
+        return const_cast<char *>("is duplicate");
+    }
+
+    scf->strip = pool_new<std::vector<std::string>>(cf->pool);
+    if (scf->strip == nullptr) {
+        return conf_error;
+    }
+
+    try {
+        for (const char *name : default_strip) {
+            scf->strip->push_back(mtls::normalize_header_name(name));
+        }
+
+        for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+            std::string_view pattern(
+                reinterpret_cast<char *>(args[i].data), args[i].len);
+            std::string error = mtls::check_strip_pattern(pattern);
+
+            if (!error.empty()) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid header \"%V\" in "
+                                   "\"mtls_identity_strip_header\": %s",
+                                   &args[i], error.c_str());
+                return conf_error;
+            }
+
+            /* nginx keeps pointers to the headers it reads itself */
+
+            for (ngx_http_header_t *h = ngx_http_headers_in;
+                 h->name.len != 0; h++)
+            {
+                std::vector<std::string> one{
+                    mtls::normalize_header_name(pattern)};
+
+                if (mtls::is_reserved_header(
+                        std::string_view(
+                            reinterpret_cast<char *>(h->name.data),
+                            h->name.len),
+                        one))
+                {
+                    ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                       "\"%V\" in "
+                                       "\"mtls_identity_strip_header\" "
+                                       "matches \"%V\", a header nginx "
+                                       "itself reads; use "
+                                       "proxy_set_header for it",
+                                       &args[i], &h->name);
+                    return conf_error;
+                }
+            }
+
+            scf->strip->push_back(mtls::normalize_header_name(pattern));
+        }
+
+    } catch (const std::bad_alloc &) {
+        return conf_error;
+    }
+
+    conf_main(cf)->configured = 1;
+
+    return NGX_CONF_OK;
 }
 
 
 ngx_int_t
 postconfiguration(ngx_conf_t *cf)
 {
-    auto *mcf = static_cast<main_conf_t *>(
-        ngx_http_conf_get_module_main_conf(cf,
-                                           ngx_http_mtls_identity_module));
+    auto *mcf = conf_main(cf);
+    auto *cmcf = static_cast<ngx_http_core_main_conf_t *>(
+        ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module));
+
+    for (own_header_t &h : own_headers) {
+        h.hash = ngx_hash_key(h.lowcase.data, h.lowcase.len);
+    }
+
+    auto *h = static_cast<ngx_http_handler_pt *>(
+        ngx_array_push(&cmcf->phases[NGX_HTTP_POST_READ_PHASE].handlers));
+    if (h == nullptr) {
+        return NGX_ERROR;
+    }
+
+    *h = strip_handler;
+
+    h = static_cast<ngx_http_handler_pt *>(
+        ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers));
+    if (h == nullptr) {
+        return NGX_ERROR;
+    }
+
+    *h = access_handler;
 
     ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(cf->pool, 0);
     if (cln == nullptr) {
@@ -344,6 +2453,86 @@ postconfiguration(ngx_conf_t *cf)
     return NGX_OK;
 }
 
+
+/* ---------------------------------------------------------------------
+ * Worker processes: each has its own database connections
+ */
+
+ngx_int_t
+init_process(ngx_cycle_t *cycle)
+{
+    auto *mcf = static_cast<main_conf_t *>(
+        ngx_http_cycle_get_module_main_conf(cycle,
+                                            ngx_http_mtls_identity_module));
+
+    if (mcf == nullptr || mcf->db == nullptr) {
+        return NGX_OK;
+    }
+
+    try {
+        worker = new worker_t();
+        worker->mcf = mcf;
+        worker->log = cycle->log;
+        ngx_queue_init(&worker->waiting);
+
+        for (ngx_uint_t i = 0; i < mcf->connections; i++) {
+            auto link = std::make_unique<link_t>();
+
+            link->log = *cycle->log;
+            link->log.handler = link_log_handler;
+            link->log.data = nullptr;
+            link->log.action = nullptr;
+
+            link->timer.handler = link_timer_handler;
+            link->timer.data = link.get();
+            link->timer.log = &link->log;
+            link->timer.cancelable = 1;
+
+            link->pg.prepare(mtls::store::lookup.name,
+                             mtls::store::lookup.sql,
+                             mtls::store::lookup.params);
+            link->pg.setup("SET statement_timeout = "
+                           + std::to_string(mcf->timeout));
+
+            worker->links.push_back(std::move(link));
+        }
+
+    } catch (const std::bad_alloc &) {
+        ngx_log_error(NGX_LOG_EMERG, cycle->log, 0,
+                      "mtls identity: out of memory");
+        return NGX_ERROR;
+    }
+
+    for (auto &link : worker->links) {
+        link_connect(link.get());
+    }
+
+    return NGX_OK;
+}
+
+
+void
+exit_process(ngx_cycle_t *cycle)
+{
+    if (worker == nullptr) {
+        return;
+    }
+
+    worker->exiting = true;
+
+    for (auto &link : worker->links) {
+        link_release_socket(link.get());
+        link->pg.close();
+
+        if (link->timer.timer_set) {
+            ngx_del_timer(&link->timer);
+        }
+    }
+
+    delete worker;
+    worker = nullptr;
+}
+
 }  // namespace
 
 
@@ -354,10 +2543,10 @@ ngx_module_t  ngx_http_mtls_identity_module = {
     NGX_HTTP_MODULE,                   /* module type */
     nullptr,                           /* init master */
     nullptr,                           /* init module */
-    nullptr,                           /* init process */
+    init_process,                      /* init process */
     nullptr,                           /* init thread */
     nullptr,                           /* exit thread */
-    nullptr,                           /* exit process */
+    exit_process,                      /* exit process */
     nullptr,                           /* exit master */
     NGX_MODULE_V1_PADDING
 };
