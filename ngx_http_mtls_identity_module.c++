@@ -1549,8 +1549,12 @@ link_timer_handler(ngx_event_t *ev)
         return;
     }
 
-    default:
+    case state::closed:
+    case state::failed:
         link_connect(link);
+        return;
+
+    default:
         return;
     }
 }
@@ -1604,7 +1608,21 @@ link_send(link_t *link)
 
     ngx_add_timer(&link->timer, worker->mcf->timeout);
 
-    return link_watch(link);
+    if (!link_watch(link)) {
+        return false;
+    }
+
+    /*
+     * on loopback the answer may have been read while sending; no socket
+     * event will announce it, and the request must not be woken from
+     * inside its own handler: the next turn of the event loop reads it
+     */
+
+    if (link->pg.has_result()) {
+        ngx_post_event(link->conn->read, &ngx_posted_events);
+    }
+
+    return true;
 }
 
 
@@ -2488,11 +2506,18 @@ init_process(ngx_cycle_t *cycle)
             link->timer.log = &link->log;
             link->timer.cancelable = 1;
 
+            /*
+             * the server gives up a little before the module does, so a
+             * slow lookup ends with an error and the connection stays;
+             * it is set first, so that a PREPARE waiting on a lock gives
+             * up too
+             */
+
+            link->pg.setup("SET statement_timeout = "
+                           + std::to_string(mcf->timeout * 9 / 10 + 1));
             link->pg.prepare(mtls::store::lookup.name,
                              mtls::store::lookup.sql,
                              mtls::store::lookup.params);
-            link->pg.setup("SET statement_timeout = "
-                           + std::to_string(mcf->timeout));
 
             worker->links.push_back(std::move(link));
         }

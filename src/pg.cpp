@@ -378,6 +378,7 @@ void connection::start(const conninfo &info)
     writing_ = true;
     in_setup_ = false;
     next_setup_ = 0;
+    statement_error_.clear();
 }
 
 
@@ -493,6 +494,8 @@ void connection::connect_step()
 bool connection::send_setup()
 {
     const command &cmd = setup_[next_setup_];
+
+    statement_error_.clear();
     int sent = cmd.prepare
                ? PQsendPrepare(conn_.get(), cmd.name.c_str(),
                                cmd.sql.c_str(), cmd.params, nullptr)

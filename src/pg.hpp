@@ -90,11 +90,11 @@ public:
     connection &operator=(const connection &) = delete;
 
     // A statement to prepare once connected, before the connection is
-    // idle; set before start().
+    // idle.  Set-up steps run in the order they were added, before
+    // start().
     void prepare(std::string name, std::string sql, int params);
 
-    // A plain statement to run once connected (after the prepares), such
-    // as LISTEN.
+    // A plain statement to run once connected, such as SET or LISTEN.
     void setup(std::string sql);
 
     // Starts connecting.  The state becomes connecting, or failed.

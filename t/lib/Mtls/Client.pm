@@ -20,12 +20,18 @@ package Mtls::Client;
 #             connection that resumes the TLS session of the first
 #
 # Returns a hash: status (0 when no HTTP answer came), headers (lower-case
-# name => list of values), body, error (what curl printed on stderr).
+# name => list of values), body, error (what curl printed on stderr),
+# seconds (how long it took).
+#
+#   my $h = Mtls::Client::spawn(port => $port, cert => 'alpha');
+#   ... while it waits ...
+#   my $r = Mtls::Client::collect($h);
 
 use strict;
 use warnings;
 
 use File::Temp qw(tempdir);
+use Time::HiRes qw(time);
 
 use Mtls::Nginx;
 
@@ -82,16 +88,39 @@ sub requests {
     }
 
     my $err = "$tmp/err.$seq";
+    my $started = time;
     my $pid = fork // die "fork: $!";
     if ($pid == 0) {
         open STDOUT, '>', '/dev/null' or die $!;
         open STDERR, '>', $err or die $!;
         exec { $cmd[0] } @cmd or die "exec curl: $!";
     }
-    waitpid $pid, 0;
 
-    my $error = slurp($err);
-    return map { parse($_->[1], $_->[0], $error) } @files;
+    my $job = { pid => $pid, files => \@files, err => $err,
+                started => $started };
+
+    return $o{spawn} ? $job : collect($job);
+}
+
+# a request under way in its own process
+sub spawn {
+    my (%o) = @_;
+
+    return requests(%o, urls => [$o{path} // '/'], spawn => 1);
+}
+
+# waits for a spawned request; returns its result (or results)
+sub collect {
+    my ($job) = @_;
+
+    waitpid $job->{pid}, 0;
+
+    my $seconds = time - $job->{started};
+    my $error = slurp($job->{err});
+    my @results = map { parse($_->[1], $_->[0], $error) } @{ $job->{files} };
+
+    $_->{seconds} = $seconds for @results;
+    return wantarray ? @results : $results[0];
 }
 
 # what --next must repeat for the following URL

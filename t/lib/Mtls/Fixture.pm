@@ -32,6 +32,16 @@ sub expect {
     return \%want;
 }
 
+# the canonical fingerprint of any fixture certificate, from openssl
+sub fingerprint {
+    my ($name) = @_;
+    my $file = "$Mtls::Nginx::FIXTURES/$name.crt";
+
+    my $out = `openssl x509 -in '$file' -outform DER | openssl dgst -sha256 -r`;
+    die "cannot read $file\n" if $? != 0;
+    return (split ' ', $out)[0];
+}
+
 # several values as one variable: comma-separated, with "\" before a
 # comma or backslash inside a value
 sub joined {

@@ -305,6 +305,31 @@ sub problems {
         split /\n/, $self->error_log;
 }
 
+# the TLS lines of a server that asks for client certificates
+#   tls(verify => 'on', trust => 'trust-a.pem', extra => '...')
+sub tls {
+    my (%o) = @_;
+    my $trust = $o{trust} // 'trust-a.pem';
+    my $verify = $o{verify} // 'on';
+
+    return <<"TLS";
+        ssl_certificate %%FIXTURES%%/server-chain.pem;
+        ssl_certificate_key %%FIXTURES%%/server.key;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_client_certificate %%FIXTURES%%/$trust;
+        ssl_verify_client $verify;
+        ssl_verify_depth 2;
+TLS
+}
+
+# error log lines at error level or above
+sub errors {
+    my ($self) = @_;
+
+    return grep { /\[(?:error|crit|alert|emerg)\]/ }
+        split /\n/, $self->error_log;
+}
+
 sub DESTROY {
     my ($self) = @_;
 
