@@ -1,0 +1,6 @@
+from django.apps import AppConfig
+
+
+class WhoamiConfig(AppConfig):
+    name = 'whoami'
+    default_auto_field = 'django.db.models.BigAutoField'
