@@ -43,12 +43,23 @@ inline void free_x509_extension(X509_EXTENSION *ext)
     X509_EXTENSION_free(ext);
 }
 
+inline void free_x509_infos(STACK_OF(X509_INFO) *infos)
+{
+    sk_X509_INFO_pop_free(infos, X509_INFO_free);
+}
+
 using x509 = std::unique_ptr<X509, deleter<X509, X509_free>>;
 using x509_name =
     std::unique_ptr<X509_NAME, deleter<X509_NAME, X509_NAME_free>>;
 using x509_extension =
     std::unique_ptr<X509_EXTENSION,
                     deleter<X509_EXTENSION, free_x509_extension>>;
+using x509_crl = std::unique_ptr<X509_CRL, deleter<X509_CRL, X509_CRL_free>>;
+using x509_infos =
+    std::unique_ptr<STACK_OF(X509_INFO),
+                    deleter<STACK_OF(X509_INFO), free_x509_infos>>;
+using asn1_time =
+    std::unique_ptr<ASN1_TIME, deleter<ASN1_TIME, ASN1_TIME_free>>;
 using pkey = std::unique_ptr<EVP_PKEY, deleter<EVP_PKEY, EVP_PKEY_free>>;
 using bio = std::unique_ptr<BIO, deleter<BIO, free_bio>>;
 using bignum = std::unique_ptr<BIGNUM, deleter<BIGNUM, BN_free>>;

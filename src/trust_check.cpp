@@ -39,18 +39,8 @@ namespace mtls {
 
 namespace {
 
-// TODO(ossl): move these owners into ossl.hpp and drop them here, once
-// that file takes changes again.
-inline void free_x509_infos(STACK_OF(X509_INFO) *infos)
-{
-    sk_X509_INFO_pop_free(infos, X509_INFO_free);
-}
-
-using x509_crl =
-    std::unique_ptr<X509_CRL, ossl::deleter<X509_CRL, X509_CRL_free>>;
-using x509_infos =
-    std::unique_ptr<STACK_OF(X509_INFO),
-                    ossl::deleter<STACK_OF(X509_INFO), free_x509_infos>>;
+using ossl::x509_crl;
+using ossl::x509_infos;
 
 using level = finding::level;
 using source = finding::source;
