@@ -28,6 +28,7 @@ extern "C" {
 #include <vector>
 
 #include "cert_identity.hpp"
+#include "change.hpp"
 #include "decision.hpp"
 #include "header.hpp"
 #include "pg.hpp"
@@ -80,6 +81,48 @@ struct database_t {
 };
 
 
+/*
+ * The shared cache: one lookup per certificate, keyed by its fingerprint,
+ * in an rbtree and an LRU queue in a shared memory zone.  The rbtree uses
+ * nginx's own string-node insert function, whose address every process
+ * and every reload agrees on.
+ */
+
+constexpr uint32_t  cache_layout = 0x6d740001;   /* bump when changing */
+
+struct cache_sh_t {
+    uint32_t           layout;
+    ngx_rbtree_t       rbtree;
+    ngx_rbtree_node_t  sentinel;
+    ngx_queue_t        lru;              /* most recently used first */
+    int64_t            seen_version;     /* highest change applied */
+    time_t             synced;           /* a listener last caught up */
+    ngx_uint_t         entries;
+    time_t             full_logged;      /* the last "zone is full" line */
+};
+
+struct cache_node_t {
+    ngx_str_node_t     sn;               /* key: crc32 of the fingerprint */
+    ngx_queue_t        lru;
+    u_char             fingerprint[64];
+    ngx_msec_t         expires;
+    time_t             fetched;          /* when the database said so */
+    int64_t            version;
+    uint32_t           ntokens;
+    uint32_t           len;              /* of the encoded lookup */
+    uint64_t           tokens[1];        /* then the encoded lookup */
+};
+
+struct cache_t {
+    ngx_str_t          name;
+    ngx_shm_zone_t    *zone;
+    ngx_slab_pool_t   *shpool;
+    cache_sh_t        *sh;
+    ngx_msec_t         ttl;
+    ngx_msec_t         negative_ttl;
+};
+
+
 struct main_conf_t {
     int              ex_index;         /* SSL ex_data slot of identities */
 
@@ -92,6 +135,9 @@ struct main_conf_t {
     ngx_uint_t       queue;            /* requests that may wait */
     ngx_msec_t       connect_timeout;
     ngx_msec_t       timeout;          /* a lookup, from start to answer */
+
+    cache_t         *cache;
+    ngx_msec_t       poll;             /* the change version, checked */
 };
 
 
@@ -107,6 +153,7 @@ struct loc_conf_t {
     ngx_array_t     *kinds;            /* of ngx_str_t, as written */
     ngx_array_t     *groups;           /* of ngx_str_t */
     ngx_flag_t       headers;
+    time_t           stale;            /* seconds; 0: deny on db error */
 };
 
 static_assert(std::is_trivially_destructible<main_conf_t>::value
@@ -152,6 +199,7 @@ struct request_state_t {
     int                  kind;         /* mtls::key_kind, or -1 */
     ngx_str_t            username;     /* percent-encoded */
     ngx_str_t            groups;       /* likewise, comma-separated */
+    const char          *cache;        /* "hit", "miss", "stale" or null */
 };
 
 static_assert(std::is_trivially_destructible<request_state_t>::value,
@@ -162,6 +210,7 @@ static_assert(std::is_trivially_destructible<request_state_t>::value,
 
 struct link_t {
     mtls::pg::connection   pg;
+    bool                   listener = false; /* LISTENs for changes */
     ngx_connection_t      *conn = nullptr;   /* nginx's view of pg's socket */
     ngx_event_t            timer{};          /* connect, query or retry */
     ngx_log_t              log{};
@@ -179,6 +228,14 @@ struct worker_t {
     ngx_queue_t                           waiting;
     ngx_uint_t                            nwaiting = 0;
     bool                                  exiting = false;
+
+    /* the change listener, and where its resynchronisation stands */
+    std::unique_ptr<link_t>               listener;
+    ngx_event_t                           poll{};
+    enum class sync_t { none, version, changes } sync = sync_t::none;
+    int64_t                               sync_from = 0;
+    int64_t                               sync_to = 0;
+    bool                                  listening = false;
 };
 
 worker_t  *worker;
@@ -222,7 +279,8 @@ enum class field_t : uintptr_t {
     groups,
     key,
     status,
-    reason
+    reason,
+    cache
 };
 
 
@@ -274,6 +332,9 @@ char *set_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *set_groups(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *set_strip(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 char *set_flag(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *set_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *set_poll(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+char *set_on_db_error(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
 
 
 ngx_command_t  commands[] = {
@@ -317,6 +378,27 @@ ngx_command_t  commands[] = {
       NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_CONF_1MORE,
       set_strip,
       NGX_HTTP_SRV_CONF_OFFSET,
+      0,
+      nullptr },
+
+    { ngx_string("mtls_identity_cache"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      set_cache,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      nullptr },
+
+    { ngx_string("mtls_identity_poll"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE1,
+      set_poll,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      offsetof(main_conf_t, poll),
+      nullptr },
+
+    { ngx_string("mtls_identity_on_db_error"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      set_on_db_error,
+      NGX_HTTP_LOC_CONF_OFFSET,
       0,
       nullptr },
 
@@ -763,6 +845,311 @@ create_state(ngx_http_request_t *r)
 
 
 /* ---------------------------------------------------------------------
+ * The shared cache
+ */
+
+cache_node_t *
+cache_find_locked(cache_t *cache, const std::string &fingerprint)
+{
+    ngx_str_t  name;
+
+    name.data = reinterpret_cast<u_char *>(
+        const_cast<char *>(fingerprint.data()));
+    name.len = fingerprint.size();
+
+    ngx_str_node_t *sn = ngx_str_rbtree_lookup(
+        &cache->sh->rbtree, &name, ngx_crc32_short(name.data, name.len));
+
+    /* the string node is the first member */
+    return reinterpret_cast<cache_node_t *>(sn);
+}
+
+
+void
+cache_remove_locked(cache_t *cache, cache_node_t *node)
+{
+    ngx_queue_remove(&node->lru);
+    ngx_rbtree_delete(&cache->sh->rbtree, &node->sn.node);
+    ngx_slab_free_locked(cache->shpool, node);
+    cache->sh->entries--;
+}
+
+
+/*
+ * Copies the cached lookup of a certificate into the request pool.  With
+ * max_age < 0 only an entry within its ttl will do; otherwise any entry
+ * known to be current at most max_age seconds ago: read from the
+ * database then, or confirmed since by a change listener that had caught
+ * up (while one listens, every change evicts what it alters).  The
+ * buffer is allocated before the lock is taken: nothing under the lock
+ * reaches a system call.
+ */
+
+bool
+cache_get(ngx_http_request_t *r, cache_t *cache,
+    const std::string &fingerprint, time_t max_age, ngx_str_t *out)
+{
+    size_t  room = 1024;
+
+    for (int attempt = 0; attempt < 2; attempt++) {
+        auto *buf = static_cast<u_char *>(ngx_pnalloc(r->pool, room));
+        if (buf == nullptr) {
+            return false;
+        }
+
+        ngx_shmtx_lock(&cache->shpool->mutex);
+
+        cache_node_t *node = cache_find_locked(cache, fingerprint);
+
+        bool usable = node != nullptr
+                      && (max_age < 0
+                          ? (ngx_msec_int_t) (node->expires
+                                              - ngx_current_msec) > 0
+                          : ngx_time() - ngx_max(node->fetched,
+                                                 cache->sh->synced)
+                            <= max_age);
+
+        if (!usable) {
+            ngx_shmtx_unlock(&cache->shpool->mutex);
+            return false;
+        }
+
+        if (node->len > room) {
+            room = node->len;
+            ngx_shmtx_unlock(&cache->shpool->mutex);
+            continue;
+        }
+
+        ngx_memcpy(buf, node->tokens + node->ntokens, node->len);
+        out->data = buf;
+        out->len = node->len;
+
+        ngx_queue_remove(&node->lru);
+        ngx_queue_insert_head(&cache->sh->lru, &node->lru);
+
+        ngx_shmtx_unlock(&cache->shpool->mutex);
+        return true;
+    }
+
+    return false;
+}
+
+
+/* keeps what the database said about a certificate */
+
+void
+cache_put(cache_t *cache, const mtls::cert_identity &id,
+    const mtls::lookup &facts, const std::string &bytes, ngx_log_t *log)
+{
+    bool        negative = facts.revoked || facts.grants.empty();
+    ngx_msec_t  ttl = negative ? cache->negative_ttl : cache->ttl;
+
+    if (ttl == 0) {
+        return;
+    }
+
+    std::vector<mtls::key_token> tokens = mtls::tokens_of(id);
+    size_t size = offsetof(cache_node_t, tokens)
+                  + tokens.size() * sizeof(uint64_t) + bytes.size();
+    bool   full = false;
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    cache_sh_t *sh = cache->sh;
+
+    /* a change after this answer was read may alter it: keep nothing */
+
+    if (facts.version < sh->seen_version) {
+        ngx_shmtx_unlock(&cache->shpool->mutex);
+        return;
+    }
+
+    cache_node_t *node = cache_find_locked(cache, id.fingerprint);
+    if (node != nullptr) {
+        cache_remove_locked(cache, node);
+    }
+
+    node = static_cast<cache_node_t *>(
+        ngx_slab_alloc_locked(cache->shpool, size));
+
+    while (node == nullptr && !ngx_queue_empty(&sh->lru)) {
+        ngx_queue_t *q = ngx_queue_last(&sh->lru);
+
+        cache_remove_locked(cache, ngx_queue_data(q, cache_node_t, lru));
+        node = static_cast<cache_node_t *>(
+            ngx_slab_alloc_locked(cache->shpool, size));
+    }
+
+    if (node == nullptr) {
+        full = ngx_time() - sh->full_logged >= 60;
+
+        if (full) {
+            sh->full_logged = ngx_time();
+        }
+
+    } else {
+        ngx_memcpy(node->fingerprint, id.fingerprint.data(),
+                   sizeof(node->fingerprint));
+        node->sn.str.data = node->fingerprint;
+        node->sn.str.len = sizeof(node->fingerprint);
+        node->sn.node.key = ngx_crc32_short(node->fingerprint,
+                                            sizeof(node->fingerprint));
+        node->expires = ngx_current_msec + ttl;
+        node->fetched = ngx_time();
+        node->version = facts.version;
+        node->ntokens = static_cast<uint32_t>(tokens.size());
+        node->len = static_cast<uint32_t>(bytes.size());
+
+        ngx_memcpy(node->tokens, tokens.data(),
+                   tokens.size() * sizeof(uint64_t));
+        ngx_memcpy(node->tokens + node->ntokens, bytes.data(),
+                   bytes.size());
+
+        ngx_rbtree_insert(&sh->rbtree, &node->sn.node);
+        ngx_queue_insert_head(&sh->lru, &node->lru);
+        sh->entries++;
+    }
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    if (full) {
+        ngx_log_error(NGX_LOG_WARN, log, 0,
+                      "mtls identity: cache zone \"%V\" cannot hold a "
+                      "lookup of %uz bytes; the lookup is not cached",
+                      &cache->name, size);
+    }
+}
+
+
+/*
+ * Evicts what a change may alter; returns how many entries went.  With
+ * `restart` the database's version went back (restored, or recreated):
+ * the cache then takes that version as the one it has seen.
+ */
+
+ngx_uint_t
+cache_apply(cache_t *cache, const mtls::change &c, bool restart = false)
+{
+    ngx_uint_t  evicted = 0;
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    cache_sh_t   *sh = cache->sh;
+    ngx_queue_t  *q = ngx_queue_head(&sh->lru);
+
+    while (q != ngx_queue_sentinel(&sh->lru)) {
+        auto *node = ngx_queue_data(q, cache_node_t, lru);
+        bool  hit = c.everything;
+
+        q = ngx_queue_next(q);
+
+        for (uint32_t i = 0; !hit && i < node->ntokens; i++) {
+            for (mtls::key_token t : c.tokens) {
+                if (node->tokens[i] == t) {
+                    hit = true;
+                    break;
+                }
+            }
+        }
+
+        if (hit) {
+            cache_remove_locked(cache, node);
+            evicted++;
+        }
+    }
+
+    if (c.version > sh->seen_version || restart) {
+        sh->seen_version = c.version;
+    }
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    return evicted;
+}
+
+
+/* a listener has applied every change up to now */
+
+void
+cache_synced(cache_t *cache)
+{
+    ngx_shmtx_lock(&cache->shpool->mutex);
+    cache->sh->synced = ngx_time();
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+}
+
+
+int64_t
+cache_seen_version(cache_t *cache)
+{
+    ngx_shmtx_lock(&cache->shpool->mutex);
+    int64_t v = cache->sh->seen_version;
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    return v;
+}
+
+
+/*
+ * The zone is kept across reloads while its name and size stay; a layout
+ * this code does not know (another version of the module) is left to the
+ * processes that use it, and the cache starts empty beside it.
+ */
+
+ngx_int_t
+cache_init_zone(ngx_shm_zone_t *zone, void *data)
+{
+    auto *cache = static_cast<cache_t *>(zone->data);
+    auto *shpool = reinterpret_cast<ngx_slab_pool_t *>(zone->shm.addr);
+    auto *sh = static_cast<cache_sh_t *>(shpool->data);
+
+    cache->shpool = shpool;
+
+    if (sh != nullptr && sh->layout == cache_layout) {
+        cache->sh = sh;
+        return NGX_OK;
+    }
+
+    if (sh != nullptr) {
+        ngx_log_error(NGX_LOG_NOTICE, zone->shm.log, 0,
+                      "mtls identity: cache zone \"%V\" was laid out by "
+                      "another version of the module; starting empty",
+                      &cache->name);
+    }
+
+    sh = static_cast<cache_sh_t *>(ngx_slab_alloc(shpool,
+                                                  sizeof(cache_sh_t)));
+    if (sh == nullptr) {
+        return NGX_ERROR;
+    }
+
+    ngx_memzero(sh, sizeof(cache_sh_t));
+    sh->layout = cache_layout;
+    ngx_rbtree_init(&sh->rbtree, &sh->sentinel,
+                    ngx_str_rbtree_insert_value);
+    ngx_queue_init(&sh->lru);
+
+    shpool->data = sh;
+    cache->sh = sh;
+
+    size_t len = sizeof(" in mtls_identity_cache zone \"\"") + cache->name.len;
+
+    shpool->log_ctx = static_cast<u_char *>(ngx_slab_alloc(shpool, len));
+    if (shpool->log_ctx == nullptr) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(shpool->log_ctx, " in mtls_identity_cache zone \"%V\"%Z",
+                &cache->name);
+
+    /* a full zone is the cache's normal state, not an error to log */
+    shpool->log_nomem = 0;
+
+    return NGX_OK;
+}
+
+
+/* ---------------------------------------------------------------------
  * Waiting for the database
  */
 
@@ -910,7 +1297,7 @@ park(ngx_http_request_t *r, request_state_t *st)
 
 ngx_int_t
 decide(ngx_http_request_t *r, request_state_t *st, loc_conf_t *lcf,
-    const mtls::cert_identity *id)
+    const mtls::cert_identity *id, ngx_str_t bytes)
 {
     st->decided = 1;
     st->allowed = 0;
@@ -918,13 +1305,13 @@ decide(ngx_http_request_t *r, request_state_t *st, loc_conf_t *lcf,
     ngx_str_null(&st->username);
     ngx_str_null(&st->groups);
 
-    if (st->phase == phase_t::failed) {
+    if (bytes.len == 0) {
         st->why = mtls::reason::db_unavailable;
         return NGX_OK;
     }
 
     std::optional<mtls::lookup> facts = mtls::decode(std::string_view(
-        reinterpret_cast<char *>(st->facts.data), st->facts.len));
+        reinterpret_cast<char *>(bytes.data), bytes.len));
 
     if (!facts) {
         ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
@@ -1102,20 +1489,50 @@ access_handler(ngx_http_request_t *r)
         return finish(r, st, lcf, id);
     }
 
+    cache_t  *cache = main_conf(r)->cache;
+
     try {
         if (st->phase == phase_t::fresh) {
 
-            if (park(r, st)) {
-                return NGX_AGAIN;
-            }
+            /*
+             * a hit needs this worker's change listener: while it is
+             * away, changes may pass unseen
+             */
 
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "mtls identity: no database connection "
-                          "can take the lookup");
-            st->phase = phase_t::failed;
+            if (cache != nullptr && worker != nullptr && worker->listening
+                && cache_get(r, cache, id->fingerprint, -1, &st->facts))
+            {
+                st->phase = phase_t::answered;
+                st->cache = "hit";
+
+            } else if (park(r, st)) {
+                st->cache = cache != nullptr ? "miss" : nullptr;
+                return NGX_AGAIN;
+
+            } else {
+                ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                              "mtls identity: no database connection "
+                              "can take the lookup");
+                st->phase = phase_t::failed;
+                st->cache = cache != nullptr ? "miss" : nullptr;
+            }
         }
 
-        if (decide(r, st, lcf, id) != NGX_OK) {
+        ngx_str_t  facts = st->facts;
+
+        if (st->phase == phase_t::failed) {
+            ngx_str_null(&facts);
+
+            /* what the database said a short while ago, if allowed */
+
+            if (lcf->stale > 0 && cache != nullptr
+                && cache_get(r, cache, id->fingerprint, lcf->stale, &facts))
+            {
+                st->cache = "stale";
+            }
+        }
+
+        if (decide(r, st, lcf, id, facts) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
@@ -1136,6 +1553,9 @@ access_handler(ngx_http_request_t *r)
 void link_event_handler(ngx_event_t *ev);
 void link_timer_handler(ngx_event_t *ev);
 void link_connect(link_t *link);
+void listener_sync(link_t *link);
+void listener_answer(link_t *link);
+void listener_notifications(link_t *link);
 
 
 u_char *
@@ -1287,6 +1707,11 @@ link_reset(link_t *link, ngx_msec_t delay)
     link->pg.close();
     link->draining = false;
 
+    if (link->listener) {
+        worker->listening = false;
+        worker->sync = worker_t::sync_t::none;
+    }
+
     if (link->timer.timer_set) {
         ngx_del_timer(&link->timer);
     }
@@ -1411,9 +1836,21 @@ link_answer(link_t *link)
                           "mtls identity: %s", error.c_str());
 
         } else {
-            st->facts = pool_string(r->pool, mtls::encode(*facts));
+            std::string  bytes = mtls::encode(*facts);
+
+            st->facts = pool_string(r->pool, bytes);
             phase = st->facts.data != nullptr ? phase_t::answered
                                               : phase_t::failed;
+
+            const mtls::cert_identity  *id;
+            cache_t                    *cache = worker->mcf->cache;
+
+            if (cache != nullptr
+                && connection_identity(r, &id) == cert_state_t::verified
+                && id != nullptr)
+            {
+                cache_put(cache, *id, *facts, bytes, &link->log);
+            }
         }
     }
 
@@ -1424,6 +1861,28 @@ link_answer(link_t *link)
     {
         link_next(link);
     }
+}
+
+
+/*
+ * Watches the link after a statement was sent.  On loopback the answer
+ * may have been read while sending; no socket event will announce it,
+ * and a request must not be woken from inside its own handler: the next
+ * turn of the event loop reads it.
+ */
+
+bool
+link_watch_sent(link_t *link)
+{
+    if (!link_watch(link)) {
+        return false;
+    }
+
+    if (link->pg.has_result() || link->pg.has_notifications()) {
+        ngx_post_event(link->conn->read, &ngx_posted_events);
+    }
+
+    return true;
 }
 
 
@@ -1443,6 +1902,10 @@ link_step(link_t *link)
     }
 
     link->pg.step();
+
+    if (link->listener && link->pg.has_notifications()) {
+        listener_notifications(link);
+    }
 
     switch (link->pg.status()) {
 
@@ -1469,11 +1932,21 @@ link_step(link_t *link)
                 return;
             }
 
-            link_answer(link);
+            if (link->listener) {
+                listener_answer(link);
+            } else {
+                link_answer(link);
+            }
+
             return;
         }
 
         if (connecting) {
+            if (link->listener) {
+                listener_sync(link);
+                return;
+            }
+
             link_next(link);
         }
 
@@ -1608,21 +2081,7 @@ link_send(link_t *link)
 
     ngx_add_timer(&link->timer, worker->mcf->timeout);
 
-    if (!link_watch(link)) {
-        return false;
-    }
-
-    /*
-     * on loopback the answer may have been read while sending; no socket
-     * event will announce it, and the request must not be woken from
-     * inside its own handler: the next turn of the event loop reads it
-     */
-
-    if (link->pg.has_result()) {
-        ngx_post_event(link->conn->read, &ngx_posted_events);
-    }
-
-    return true;
+    return link_watch_sent(link);
 }
 
 
@@ -1640,6 +2099,210 @@ idle_link()
     }
 
     return nullptr;
+}
+
+
+/* ---------------------------------------------------------------------
+ * The change listener: a connection of each worker that LISTENs on the
+ * schema's channel and evicts from the shared cache what a change may
+ * alter.  After every (re)connection, and every mtls_identity_poll, it
+ * compares the change version with the one the cache has seen, and
+ * replays the change log from there.
+ */
+
+void
+listener_apply(const mtls::change &c, bool restart = false)
+{
+    ngx_uint_t evicted = cache_apply(worker->mcf->cache, c, restart);
+
+    if (c.everything) {
+        ngx_log_error(NGX_LOG_INFO, worker->log, 0,
+                      "mtls identity: change %L: dropped the whole cache "
+                      "(%ui entries)", c.version, evicted);
+    }
+}
+
+
+void
+listener_notifications(link_t *link)
+{
+    for (const mtls::pg::notification &n : link->pg.take_notifications()) {
+        if (n.channel != mtls::store::channel) {
+            continue;
+        }
+
+        std::optional<mtls::change> c = mtls::parse_change(n.payload);
+
+        if (!c) {
+            ngx_log_error(NGX_LOG_WARN, &link->log, 0,
+                          "mtls identity: a change notification cannot "
+                          "be read; dropping the whole cache");
+            c = mtls::change();
+            c->everything = true;
+        }
+
+        listener_apply(*c);
+    }
+}
+
+
+bool
+listener_send(link_t *link, const mtls::store::statement &stmt,
+    const std::vector<std::optional<std::string>> &params)
+{
+    if (!link->pg.send(stmt.name, params)) {
+        link_failed(link, "cannot send to PostgreSQL");
+        return false;
+    }
+
+    ngx_add_timer(&link->timer, worker->mcf->timeout);
+
+    if (!link_watch_sent(link)) {
+        link_failed(link, "cannot watch the PostgreSQL socket");
+        return false;
+    }
+
+    return true;
+}
+
+
+/* asks for the change version: the first step of a resynchronisation */
+
+void
+listener_sync(link_t *link)
+{
+    if (listener_send(link, mtls::store::version, {})) {
+        worker->sync = worker_t::sync_t::version;
+    }
+}
+
+
+void
+listener_synced()
+{
+    using sync_t = worker_t::sync_t;
+
+    if (!worker->listening) {
+        ngx_log_error(NGX_LOG_INFO, worker->log, 0,
+                      "mtls identity: listening for changes from "
+                      "version %L", worker->sync_to);
+    }
+
+    worker->sync = sync_t::none;
+    worker->listening = true;
+
+    cache_synced(worker->mcf->cache);
+}
+
+
+void
+listener_answer(link_t *link)
+{
+    using sync_t = worker_t::sync_t;
+
+    mtls::pg::result  res = link->pg.take_result();
+    cache_t          *cache = worker->mcf->cache;
+
+    if (link->timer.timer_set) {
+        ngx_del_timer(&link->timer);
+    }
+
+    if (res == nullptr) {
+        ngx_log_error(NGX_LOG_ERR, &link->log, 0,
+                      "mtls identity: reading the changes failed: %s",
+                      link->pg.error().c_str());
+        link_reset(link, 1000);
+        return;
+    }
+
+    if (worker->sync == sync_t::version) {
+        std::optional<int64_t> v = mtls::store::read_version(res.get());
+        int64_t seen = cache_seen_version(cache);
+
+        if (!v) {
+            ngx_log_error(NGX_LOG_ERR, &link->log, 0,
+                          "mtls identity: mtls_identity.state cannot be "
+                          "read: is sql/schema.sql applied?");
+            link_reset(link, 1000);
+            return;
+        }
+
+        worker->sync_from = seen;
+        worker->sync_to = *v;
+
+        if (*v == seen) {
+            listener_synced();
+            return;
+        }
+
+        if (*v < seen) {
+
+            /* the database started over: nothing cached can be trusted */
+
+            mtls::change c;
+            c.everything = true;
+            c.version = *v;
+            listener_apply(c, true);
+            listener_synced();
+            return;
+        }
+
+        if (listener_send(link, mtls::store::changes,
+                          {std::to_string(seen)}))
+        {
+            worker->sync = sync_t::changes;
+        }
+
+        return;
+    }
+
+    std::optional<std::vector<mtls::change>> changes =
+        mtls::store::read_changes(res.get());
+
+    /*
+     * the log must go on right after what the cache has seen; otherwise
+     * (pruned, or more than a page behind) the whole cache goes
+     */
+
+    if (!changes || changes->empty() || changes->size() > 1000
+        || changes->front().version != worker->sync_from + 1)
+    {
+        mtls::change c;
+        c.everything = true;
+        c.version = worker->sync_to;
+
+        if (changes && !changes->empty()) {
+            c.version = ngx_max(c.version, changes->back().version);
+        }
+
+        listener_apply(c);
+
+    } else {
+        for (const mtls::change &c : *changes) {
+            listener_apply(c);
+        }
+    }
+
+    listener_synced();
+}
+
+
+void
+poll_handler(ngx_event_t *ev)
+{
+    link_t *link = worker->listener.get();
+
+    if (worker->exiting) {
+        return;
+    }
+
+    if (link->pg.status() == mtls::pg::connection::state::idle
+        && worker->sync == worker_t::sync_t::none)
+    {
+        listener_sync(link);
+    }
+
+    ngx_add_timer(&worker->poll, worker->mcf->poll);
 }
 
 
@@ -1781,9 +2444,17 @@ decision_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
                                : st->mode == mode_t::report ? "report"
                                : "deny");
 
-    default:
+    case field_t::cache:
+        return set_value(r, v, st->cache != nullptr ? st->cache : "");
+
+    case field_t::reason:
         return set_value(r, v, mtls::name_of(st->why));
+
+    default:
+        break;
     }
+
+    return set_value(r, v, "");
 }
 
 
@@ -1832,6 +2503,7 @@ variable_def_t  variables[] = {
     { ngx_string("mtls_identity_key"), field_t::key },
     { ngx_string("mtls_identity_status"), field_t::status },
     { ngx_string("mtls_identity_reason"), field_t::reason },
+    { ngx_string("mtls_identity_cache"), field_t::cache },
 };
 
 
@@ -1898,6 +2570,7 @@ create_main_conf(ngx_conf_t *cf)
     mcf->queue = NGX_CONF_UNSET_UINT;
     mcf->connect_timeout = NGX_CONF_UNSET_MSEC;
     mcf->timeout = NGX_CONF_UNSET_MSEC;
+    mcf->poll = NGX_CONF_UNSET_MSEC;
 
     return mcf;
 }
@@ -1912,6 +2585,14 @@ init_main_conf(ngx_conf_t *cf, void *conf)
     ngx_conf_init_uint_value(mcf->queue, 256);
     ngx_conf_init_msec_value(mcf->connect_timeout, 2000);
     ngx_conf_init_msec_value(mcf->timeout, 2000);
+    ngx_conf_init_msec_value(mcf->poll, 10000);
+
+    if (mcf->cache != nullptr && mcf->db == nullptr) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"mtls_identity_cache\" needs a database: add "
+                      "\"mtls_identity_db\" to the http block");
+        return conf_error;
+    }
 
     return NGX_CONF_OK;
 }
@@ -1976,6 +2657,7 @@ create_loc_conf(ngx_conf_t *cf)
 
     lcf->mode = NGX_CONF_UNSET_UINT;
     lcf->headers = NGX_CONF_UNSET;
+    lcf->stale = NGX_CONF_UNSET;
 
     return lcf;
 }
@@ -1995,6 +2677,15 @@ merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->mode, prev->mode,
                               static_cast<ngx_uint_t>(mode_t::off));
     ngx_conf_merge_value(conf->headers, prev->headers, 1);
+    ngx_conf_merge_sec_value(conf->stale, prev->stale, 0);
+
+    if (conf->stale > 0 && conf_main(cf)->cache == nullptr) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"mtls_identity_on_db_error stale=\" serves from "
+                      "the cache: add \"mtls_identity_cache\" to the http "
+                      "block, or use \"deny\"");
+        return conf_error;
+    }
 
     if (conf->kinds == nullptr) {
         conf->kinds = prev->kinds;
@@ -2420,6 +3111,173 @@ set_strip(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+char *
+set_cache(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    auto       *mcf = static_cast<main_conf_t *>(conf);
+    auto       *args = static_cast<ngx_str_t *>(cf->args->elts);
+    ngx_str_t   v, name = ngx_null_string;
+    ssize_t     size = 0;
+    ngx_msec_t  ttl = 60000, negative_ttl = 10000;
+
+    if (mcf->cache != nullptr) {
+        return const_cast<char *>("is duplicate");
+    }
+
+    for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
+
+        if (option_value(&args[i], "zone=", &v)) {
+            u_char *colon = static_cast<u_char *>(
+                ngx_strlchr(v.data, v.data + v.len, ':'));
+
+            if (colon == nullptr || colon == v.data) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid zone \"%V\": write "
+                                   "zone=name:size", &v);
+                return conf_error;
+            }
+
+            name.data = v.data;
+            name.len = colon - v.data;
+
+            ngx_str_t s = { static_cast<size_t>(v.data + v.len - colon - 1),
+                            colon + 1 };
+
+            size = ngx_parse_size(&s);
+
+            if (size == NGX_ERROR) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid zone size \"%V\"", &s);
+                return conf_error;
+            }
+
+            /* the slab allocator's own pages, and room for an entry */
+
+            if (size < static_cast<ssize_t>(8 * ngx_pagesize)) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "zone \"%V\" is too small to hold a "
+                                   "single entry: use at least %uzk",
+                                   &name, 8 * ngx_pagesize / 1024);
+                return conf_error;
+            }
+
+            continue;
+        }
+
+        bool negative = option_value(&args[i], "negative_ttl=", &v);
+
+        if (negative || option_value(&args[i], "ttl=", &v)) {
+            ngx_msec_t t = ngx_parse_time(&v, 0);
+
+            if (t == static_cast<ngx_msec_t>(NGX_ERROR)) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid time \"%V\"", &args[i]);
+                return conf_error;
+            }
+
+            (negative ? negative_ttl : ttl) = t;
+            continue;
+        }
+
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid parameter \"%V\" of "
+                           "\"mtls_identity_cache\"; expected zone=, ttl= "
+                           "or negative_ttl=", &args[i]);
+        return conf_error;
+    }
+
+    if (name.len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"mtls_identity_cache\" needs "
+                           "zone=name:size");
+        return conf_error;
+    }
+
+    auto *cache = static_cast<cache_t *>(ngx_pcalloc(cf->pool,
+                                                     sizeof(cache_t)));
+    if (cache == nullptr) {
+        return conf_error;
+    }
+
+    cache->name = name;
+    cache->ttl = ttl;
+    cache->negative_ttl = negative_ttl;
+
+    cache->zone = ngx_shared_memory_add(cf, &name, size,
+                                        &ngx_http_mtls_identity_module);
+    if (cache->zone == nullptr) {
+        return conf_error;
+    }
+
+    if (cache->zone->data != nullptr) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "zone \"%V\" is already used", &name);
+        return conf_error;
+    }
+
+    cache->zone->init = cache_init_zone;
+    cache->zone->data = cache;
+
+    mcf->cache = cache;
+    mcf->configured = 1;
+
+    return NGX_CONF_OK;
+}
+
+
+char *
+set_poll(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    char *rv = ngx_conf_set_msec_slot(cf, cmd, conf);
+
+    if (rv == NGX_CONF_OK && static_cast<main_conf_t *>(conf)->poll == 0) {
+        return const_cast<char *>("must be longer than 0");
+    }
+
+    conf_main(cf)->configured = 1;
+
+    return rv;
+}
+
+
+char *
+set_on_db_error(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    auto       *lcf = static_cast<loc_conf_t *>(conf);
+    auto       *args = static_cast<ngx_str_t *>(cf->args->elts);
+    ngx_str_t   v;
+
+    if (lcf->stale != NGX_CONF_UNSET) {
+        return const_cast<char *>("is duplicate");
+    }
+
+    if (ngx_strcmp(args[1].data, "deny") == 0) {
+        lcf->stale = 0;
+
+    } else if (option_value(&args[1], "stale=", &v)) {
+        lcf->stale = ngx_parse_time(&v, 1);
+
+        if (lcf->stale == static_cast<time_t>(NGX_ERROR) || lcf->stale == 0)
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid time \"%V\"", &v);
+            return conf_error;
+        }
+
+    } else {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid value \"%V\" in "
+                           "\"mtls_identity_on_db_error\"; it must be "
+                           "\"deny\" or \"stale=<time>\"", &args[1]);
+        return conf_error;
+    }
+
+    conf_main(cf)->configured = 1;
+
+    return NGX_CONF_OK;
+}
+
+
 ngx_int_t
 postconfiguration(ngx_conf_t *cf)
 {
@@ -2476,6 +3334,36 @@ postconfiguration(ngx_conf_t *cf)
  * Worker processes: each has its own database connections
  */
 
+/* a database link of the worker, not yet connected */
+
+std::unique_ptr<link_t>
+new_link(ngx_cycle_t *cycle, main_conf_t *mcf)
+{
+    auto link = std::make_unique<link_t>();
+
+    link->log = *cycle->log;
+    link->log.handler = link_log_handler;
+    link->log.data = nullptr;
+    link->log.action = nullptr;
+
+    link->timer.handler = link_timer_handler;
+    link->timer.data = link.get();
+    link->timer.log = &link->log;
+    link->timer.cancelable = 1;
+
+    /*
+     * the server gives up a little before the module does, so a slow
+     * statement ends with an error and the connection stays; it is set
+     * first, so that a PREPARE waiting on a lock gives up too
+     */
+
+    link->pg.setup("SET statement_timeout = "
+                   + std::to_string(mcf->timeout * 9 / 10 + 1));
+
+    return link;
+}
+
+
 ngx_int_t
 init_process(ngx_cycle_t *cycle)
 {
@@ -2494,32 +3382,36 @@ init_process(ngx_cycle_t *cycle)
         ngx_queue_init(&worker->waiting);
 
         for (ngx_uint_t i = 0; i < mcf->connections; i++) {
-            auto link = std::make_unique<link_t>();
+            auto link = new_link(cycle, mcf);
 
-            link->log = *cycle->log;
-            link->log.handler = link_log_handler;
-            link->log.data = nullptr;
-            link->log.action = nullptr;
-
-            link->timer.handler = link_timer_handler;
-            link->timer.data = link.get();
-            link->timer.log = &link->log;
-            link->timer.cancelable = 1;
-
-            /*
-             * the server gives up a little before the module does, so a
-             * slow lookup ends with an error and the connection stays;
-             * it is set first, so that a PREPARE waiting on a lock gives
-             * up too
-             */
-
-            link->pg.setup("SET statement_timeout = "
-                           + std::to_string(mcf->timeout * 9 / 10 + 1));
             link->pg.prepare(mtls::store::lookup.name,
                              mtls::store::lookup.sql,
                              mtls::store::lookup.params);
 
             worker->links.push_back(std::move(link));
+        }
+
+        if (mcf->cache != nullptr) {
+            auto link = new_link(cycle, mcf);
+
+            link->listener = true;
+            link->pg.setup("SET application_name = "
+                           "'nginx mtls_identity listener'");
+            link->pg.prepare(mtls::store::version.name,
+                             mtls::store::version.sql,
+                             mtls::store::version.params);
+            link->pg.prepare(mtls::store::changes.name,
+                             mtls::store::changes.sql,
+                             mtls::store::changes.params);
+            link->pg.setup(std::string("LISTEN ")
+                           + mtls::store::channel);
+
+            worker->listener = std::move(link);
+
+            worker->poll.handler = poll_handler;
+            worker->poll.data = worker;
+            worker->poll.log = cycle->log;
+            worker->poll.cancelable = 1;
         }
 
     } catch (const std::bad_alloc &) {
@@ -2532,7 +3424,24 @@ init_process(ngx_cycle_t *cycle)
         link_connect(link.get());
     }
 
+    if (worker->listener) {
+        link_connect(worker->listener.get());
+        ngx_add_timer(&worker->poll, mcf->poll);
+    }
+
     return NGX_OK;
+}
+
+
+void
+close_link(link_t *link)
+{
+    link_release_socket(link);
+    link->pg.close();
+
+    if (link->timer.timer_set) {
+        ngx_del_timer(&link->timer);
+    }
 }
 
 
@@ -2546,12 +3455,15 @@ exit_process(ngx_cycle_t *cycle)
     worker->exiting = true;
 
     for (auto &link : worker->links) {
-        link_release_socket(link.get());
-        link->pg.close();
+        close_link(link.get());
+    }
 
-        if (link->timer.timer_set) {
-            ngx_del_timer(&link->timer);
-        }
+    if (worker->listener) {
+        close_link(worker->listener.get());
+    }
+
+    if (worker->poll.timer_set) {
+        ngx_del_timer(&worker->poll);
     }
 
     delete worker;

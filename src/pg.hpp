@@ -124,6 +124,7 @@ public:
     bool has_result() const { return has_result_; }
     result take_result();
 
+    bool has_notifications() const { return !notifications_.empty(); }
     std::vector<notification> take_notifications();
 
     const std::string &error() const { return error_; }

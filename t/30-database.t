@@ -11,6 +11,7 @@ use FindBin;
 use lib "$FindBin::Bin/lib";
 
 use IO::Socket::INET;
+use POSIX ();
 use Test::More;
 use Time::HiRes qw(sleep time);
 
@@ -84,10 +85,10 @@ sub hold_lock {
     if ($pid == 0) {
         open STDOUT, '>', '/dev/null';
         open STDERR, '>', '/dev/null';
-        exec $pg->psql_command('-c',
+        exec($pg->psql_command('-c',
             'BEGIN; LOCK TABLE mtls_identity.revocation IN ACCESS EXCLUSIVE'
-            . " MODE; SELECT pg_sleep($seconds); COMMIT;");
-        exit 1;
+            . " MODE; SELECT pg_sleep($seconds); COMMIT;"))
+            or POSIX::_exit(1);
     }
 
     for (1 .. 100) {

@@ -244,12 +244,13 @@ sub signal {
 sub reload {
     my ($self, %args) = @_;
 
+    # wait for the new workers' start-up line in the error log
+    my $before = () = $self->error_log =~ /start worker process/g;
+
     $self->write_config(%args);
     $self->signal('reload');
 
-    # wait for the new workers' start-up line in the error log
     my $until = time + 10;
-    my $before = () = $self->error_log =~ /start worker process/g;
     while (time < $until) {
         my $now = () = $self->error_log =~ /start worker process/g;
         return 1 if $now > $before;

@@ -88,8 +88,9 @@ sub write_settings {
         listen_addresses => "'127.0.0.1'",
         port => $self->{port},
         unix_socket_directories => "''",
+        # no data survives a crash of the machine, but every commit
+        # survives `pg_ctl stop -m immediate`: the tests stop it so
         fsync => 'off',
-        synchronous_commit => 'off',
         full_page_writes => 'off',
         max_connections => 100,
         shared_buffers => "'32MB'",
