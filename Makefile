@@ -31,7 +31,7 @@ TEST_HDRS    := $(wildcard tests/*.hpp)
 UNIT_OBJS    := $(patsubst %.cpp,$(BUILD)/unit/%.o,$(CORE_SRCS) $(TEST_SRCS))
 UNIT_TESTS   := $(BUILD)/unit-tests
 
-.PHONY: all deps module unit test demo fixtures clean
+.PHONY: all deps module unit test demo fixtures check-config clean
 
 all: module
 
@@ -73,6 +73,13 @@ test: deps
 demo: deps
 	$(MAKE) module
 	@NGINX_BIN=$(NGINX_BIN) MTLS_MODULE=$(CURDIR)/$(MODULE) scripts/demo
+
+# audit an existing nginx configuration: make check-config CONF=/etc/...
+CONF ?= /etc/nginx/nginx.conf
+
+check-config: module
+	@NGINX_BIN=$(NGINX_BIN) MTLS_MODULE=$(CURDIR)/$(MODULE) \
+	    contrib/mtls-identity-check-config $(CONF)
 
 # regenerate the committed fixture certificates (new keys, new values)
 fixtures:

@@ -21,8 +21,10 @@ extern "C" {
 #include <ngx_http.h>
 }
 
+#include <cstdlib>
 #include <memory>
 #include <new>
+#include <set>
 #include <string>
 #include <type_traits>
 #include <vector>
@@ -33,6 +35,7 @@ extern "C" {
 #include "header.hpp"
 #include "pg.hpp"
 #include "store.hpp"
+#include "trust_check.hpp"
 
 
 extern "C" {
@@ -143,6 +146,15 @@ struct main_conf_t {
 
 struct srv_conf_t {
     std::vector<std::string>  *strip;  /* normalised patterns */
+
+    /* what the server's locations do, for the checks after parsing */
+    conf_place_t     mode_place;       /* an "mtls_identity on|report" */
+    conf_place_t     satisfy_place;    /* "on" under "satisfy any" */
+    ngx_str_t        satisfy_location;
+    ngx_array_t     *open_upstreams;   /* ngx_str_t: module off */
+    unsigned         uses_module:1;
+    unsigned         forwards:1;       /* identity headers upstream */
+    unsigned         has_upstream:1;
 };
 
 
@@ -154,6 +166,7 @@ struct loc_conf_t {
     ngx_array_t     *groups;           /* of ngx_str_t */
     ngx_flag_t       headers;
     time_t           stale;            /* seconds; 0: deny on db error */
+    conf_place_t     stale_place;
 };
 
 static_assert(std::is_trivially_destructible<main_conf_t>::value
@@ -2663,6 +2676,69 @@ create_loc_conf(ngx_conf_t *cf)
 }
 
 
+/*
+ * Notes what a location does for the server-wide checks that run after
+ * parsing (postconfiguration): nginx merges the locations of a server
+ * with the server's configuration at hand.
+ */
+
+ngx_int_t
+note_location(ngx_conf_t *cf, loc_conf_t *conf)
+{
+    auto *scf = static_cast<srv_conf_t *>(
+        ngx_http_conf_get_module_srv_conf(cf, ngx_http_mtls_identity_module));
+    auto *clcf = static_cast<ngx_http_core_loc_conf_t *>(
+        ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module));
+
+    auto mode = static_cast<mode_t>(conf->mode);
+
+    /* a content handler: proxy_pass, fastcgi_pass, uwsgi_pass and kin */
+    bool upstream = clcf->handler != nullptr;
+
+    scf->has_upstream = scf->has_upstream || upstream;
+
+    if (mode != mode_t::off) {
+        if (!scf->uses_module) {
+            scf->mode_place = conf->mode_place;
+        }
+
+        scf->uses_module = 1;
+        scf->forwards = scf->forwards || conf->headers;
+
+        if (mode == mode_t::on && clcf->satisfy == NGX_HTTP_SATISFY_ANY
+            && scf->satisfy_place.line == 0)
+        {
+            scf->satisfy_place = conf->mode_place;
+            scf->satisfy_location = clcf->name;
+        }
+
+        return NGX_OK;
+    }
+
+    if (!upstream || clcf->name.len == 0) {
+        return NGX_OK;
+    }
+
+    if (scf->open_upstreams == nullptr) {
+        scf->open_upstreams = ngx_array_create(cf->pool, 4,
+                                               sizeof(ngx_str_t));
+        if (scf->open_upstreams == nullptr) {
+            return NGX_ERROR;
+        }
+    }
+
+    auto *name = static_cast<ngx_str_t *>(
+        ngx_array_push(scf->open_upstreams));
+    if (name == nullptr) {
+        return NGX_ERROR;
+    }
+
+    *name = clcf->name;
+
+    return NGX_OK;
+}
+
+
 char *
 merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 {
@@ -2677,13 +2753,18 @@ merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_uint_value(conf->mode, prev->mode,
                               static_cast<ngx_uint_t>(mode_t::off));
     ngx_conf_merge_value(conf->headers, prev->headers, 1);
+    if (conf->stale == NGX_CONF_UNSET) {
+        conf->stale_place = prev->stale_place;
+    }
+
     ngx_conf_merge_sec_value(conf->stale, prev->stale, 0);
 
     if (conf->stale > 0 && conf_main(cf)->cache == nullptr) {
         ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"mtls_identity_on_db_error stale=\" serves from "
-                      "the cache: add \"mtls_identity_cache\" to the http "
-                      "block, or use \"deny\"");
+                      "\"mtls_identity_on_db_error stale=\" in %V:%ui "
+                      "serves from the cache: add \"mtls_identity_cache\" "
+                      "to the http block, or use \"deny\"",
+                      &conf->stale_place.file, conf->stale_place.line);
         return conf_error;
     }
 
@@ -2693,6 +2774,22 @@ merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     if (conf->groups == nullptr) {
         conf->groups = prev->groups;
+    }
+
+    if (note_location(cf, conf) != NGX_OK) {
+        return conf_error;
+    }
+
+    if (conf->mode != static_cast<ngx_uint_t>(mode_t::off)
+        && conf_main(cf)->db == nullptr)
+    {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"mtls_identity %s\" in %V:%ui needs a database: "
+                      "add \"mtls_identity_db\" to the http block",
+                      conf->mode == static_cast<ngx_uint_t>(mode_t::on)
+                      ? "on" : "report",
+                      &conf->mode_place.file, conf->mode_place.line);
+        return conf_error;
     }
 
     if (conf->kinds == prev->kinds && conf->groups == prev->groups
@@ -2733,18 +2830,6 @@ merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         }
 
     } catch (const std::bad_alloc &) {
-        return conf_error;
-    }
-
-    if (conf->mode != static_cast<ngx_uint_t>(mode_t::off)
-        && conf_main(cf)->db == nullptr)
-    {
-        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
-                      "\"mtls_identity %s\" in %V:%ui needs a database: "
-                      "add \"mtls_identity_db\" to the http block",
-                      conf->mode == static_cast<ngx_uint_t>(mode_t::on)
-                      ? "on" : "report",
-                      &conf->mode_place.file, conf->mode_place.line);
         return conf_error;
     }
 
@@ -3256,6 +3341,7 @@ set_on_db_error(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     } else if (option_value(&args[1], "stale=", &v)) {
         lcf->stale = ngx_parse_time(&v, 1);
+        lcf->stale_place = place_of(cf);
 
         if (lcf->stale == static_cast<time_t>(NGX_ERROR) || lcf->stale == 0)
         {
@@ -3278,6 +3364,270 @@ set_on_db_error(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* ---------------------------------------------------------------------
+ * Checks of the configuration around the module, after parsing
+ *
+ * Plain `nginx -t` checks the servers where the module is used; with
+ * MTLS_IDENTITY_AUDIT=1 in the environment (the checker in contrib/ sets
+ * it), every server that asks for client certificates or hands requests
+ * to an upstream is checked, whether or not the module is used there.
+ * Every finding is logged before the configuration fails.
+ */
+
+const char *
+verify_name(ngx_uint_t verify)
+{
+    switch (verify) {
+    case 0:
+        return "off";
+    case 1:
+        return "on";
+    case 2:
+        return "optional";
+    default:
+        return "optional_no_ca";
+    }
+}
+
+
+const char *
+directive_name(mtls::finding::source from)
+{
+    switch (from) {
+    case mtls::finding::source::client_certificate:
+        return "ssl_client_certificate";
+    case mtls::finding::source::trusted_certificate:
+        return "ssl_trusted_certificate";
+    case mtls::finding::source::crl:
+        return "ssl_crl";
+    default:
+        return "ssl_verify_depth";
+    }
+}
+
+
+std::string
+to_string(const ngx_str_t &s)
+{
+    return std::string(reinterpret_cast<char *>(s.data), s.len);
+}
+
+
+/* the trust files of one server; returns the number of errors */
+
+ngx_uint_t
+check_trust_of(ngx_conf_t *cf, ngx_http_core_srv_conf_t *cscf,
+    ngx_http_ssl_srv_conf_t *sscf, std::set<std::string> &seen)
+{
+    mtls::trust_input  in;
+
+    in.trust_file = to_string(sscf->client_certificate);
+    in.trusted_file = to_string(sscf->trusted_certificate);
+    in.crl_file = to_string(sscf->crl);
+    in.verify_depth = static_cast<int>(sscf->verify_depth);
+    in.now = ngx_time();
+
+    /* servers that inherit the same files are checked once */
+
+    std::string key = in.trust_file + '\n' + in.trusted_file + '\n'
+                      + in.crl_file + '\n'
+                      + std::to_string(in.verify_depth);
+
+    if (!seen.insert(key).second) {
+        return 0;
+    }
+
+    ngx_uint_t errors = 0;
+
+    for (const mtls::finding &f : mtls::check_trust(in)) {
+        bool        error = f.severity == mtls::finding::level::error;
+        ngx_uint_t  level = error ? NGX_LOG_EMERG : NGX_LOG_WARN;
+
+        errors += error;
+
+        ngx_log_error(level, cf->log, 0,
+                      "\"%s\" of the server in %s:%ui: %s",
+                      directive_name(f.directive), cscf->file_name,
+                      cscf->line, f.message.c_str());
+    }
+
+    return errors;
+}
+
+
+/* one server; returns the number of errors */
+
+ngx_uint_t
+check_server(ngx_conf_t *cf, ngx_http_core_srv_conf_t *cscf, bool audit,
+    std::set<std::string> &seen)
+{
+    auto *scf = static_cast<srv_conf_t *>(
+        cscf->ctx->srv_conf[ngx_http_mtls_identity_module.ctx_index]);
+    auto *sscf = static_cast<ngx_http_ssl_srv_conf_t *>(
+        cscf->ctx->srv_conf[ngx_http_ssl_module.ctx_index]);
+
+    ngx_uint_t  verify = sscf->verify;
+    ngx_uint_t  errors = 0;
+
+    if (!scf->uses_module && !(audit && (verify != 0 || scf->has_upstream)))
+    {
+        return 0;
+    }
+
+    if (scf->uses_module && (verify == 0 || verify == 3)) {
+        errors++;
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"mtls_identity\" in %V:%ui needs client "
+                      "certificates that nginx verified, but its server in "
+                      "%s:%ui has \"ssl_verify_client %s\": use "
+                      "\"ssl_verify_client on\", or \"optional\" to let "
+                      "each location decide",
+                      &scf->mode_place.file, scf->mode_place.line,
+                      cscf->file_name, cscf->line, verify_name(verify));
+
+    } else if (verify == 3) {
+        errors++;
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "the server in %s:%ui has \"ssl_verify_client "
+                      "optional_no_ca\", which passes certificates nginx "
+                      "could not verify: use \"ssl_verify_client on\" or "
+                      "\"optional\"", cscf->file_name, cscf->line);
+    }
+
+    if (scf->satisfy_place.line != 0) {
+        errors++;
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "\"mtls_identity on\" in %V:%ui is in location "
+                      "\"%V\" with \"satisfy any\", where an \"allow\" or "
+                      "\"auth_basic\" match skips the identity check: use "
+                      "\"satisfy all\"",
+                      &scf->satisfy_place.file, scf->satisfy_place.line,
+                      &scf->satisfy_location);
+    }
+
+    if (verify == 2 && scf->open_upstreams != nullptr) {
+        auto *names = static_cast<ngx_str_t *>(scf->open_upstreams->elts);
+
+        for (ngx_uint_t i = 0; i < scf->open_upstreams->nelts; i++) {
+            ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                          "the server in %s:%ui lets clients in without a "
+                          "certificate (\"ssl_verify_client optional\"), "
+                          "and its location \"%V\" hands requests to an "
+                          "upstream with \"mtls_identity off\": add "
+                          "\"mtls_identity on\" there, or deny it",
+                          cscf->file_name, cscf->line, &names[i]);
+        }
+    }
+
+    if (verify != 0) {
+        errors += check_trust_of(cf, cscf, sscf, seen);
+    }
+
+    return errors;
+}
+
+
+/*
+ * Request headers are parsed with the settings of the default server of
+ * an address (and, for HTTP/2, of the server SNI chose) before Host picks
+ * a server: a server that lets through header names with underscores or
+ * odd characters weakens every server beside it that forwards identity
+ * headers.
+ */
+
+void
+check_addresses(ngx_conf_t *cf, ngx_http_core_main_conf_t *cmcf, bool audit)
+{
+    if (cmcf->ports == nullptr) {
+        return;
+    }
+
+    auto *ports = static_cast<ngx_http_conf_port_t *>(cmcf->ports->elts);
+
+    for (ngx_uint_t p = 0; p < cmcf->ports->nelts; p++) {
+        auto *addrs = static_cast<ngx_http_conf_addr_t *>(
+            ports[p].addrs.elts);
+
+        for (ngx_uint_t a = 0; a < ports[p].addrs.nelts; a++) {
+            auto **servers = static_cast<ngx_http_core_srv_conf_t **>(
+                addrs[a].servers.elts);
+            ngx_http_core_srv_conf_t *forwarding = nullptr;
+
+            for (ngx_uint_t i = 0; i < addrs[a].servers.nelts; i++) {
+                auto *scf = static_cast<srv_conf_t *>(
+                    servers[i]->ctx->srv_conf[
+                        ngx_http_mtls_identity_module.ctx_index]);
+
+                if (scf->forwards || (audit && scf->has_upstream)) {
+                    forwarding = servers[i];
+                    break;
+                }
+            }
+
+            if (forwarding == nullptr) {
+                continue;
+            }
+
+            for (ngx_uint_t i = 0; i < addrs[a].servers.nelts; i++) {
+                ngx_http_core_srv_conf_t *cscf = servers[i];
+
+                if (cscf->underscores_in_headers) {
+                    ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                                  "the server in %s:%ui has "
+                                  "\"underscores_in_headers on\" on %V, "
+                                  "where the server in %s:%ui forwards "
+                                  "identity headers: use "
+                                  "\"underscores_in_headers off\"",
+                                  cscf->file_name, cscf->line,
+                                  &addrs[a].opt.addr_text,
+                                  forwarding->file_name, forwarding->line);
+                }
+
+                if (!cscf->ignore_invalid_headers) {
+                    ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                                  "the server in %s:%ui has "
+                                  "\"ignore_invalid_headers off\" on %V, "
+                                  "where the server in %s:%ui forwards "
+                                  "identity headers: use "
+                                  "\"ignore_invalid_headers on\"",
+                                  cscf->file_name, cscf->line,
+                                  &addrs[a].opt.addr_text,
+                                  forwarding->file_name, forwarding->line);
+                }
+            }
+        }
+    }
+}
+
+
+ngx_int_t
+check_configuration(ngx_conf_t *cf, ngx_http_core_main_conf_t *cmcf)
+{
+    const char *env = std::getenv("MTLS_IDENTITY_AUDIT");
+    bool        audit = env != nullptr && ngx_strcmp(env, "1") == 0;
+    ngx_uint_t  errors = 0;
+
+    try {
+        std::set<std::string>  seen;
+        auto **servers = static_cast<ngx_http_core_srv_conf_t **>(
+            cmcf->servers.elts);
+
+        for (ngx_uint_t i = 0; i < cmcf->servers.nelts; i++) {
+            errors += check_server(cf, servers[i], audit, seen);
+        }
+
+    } catch (const std::bad_alloc &) {
+        ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                      "mtls identity: out of memory");
+        return NGX_ERROR;
+    }
+
+    check_addresses(cf, cmcf, audit);
+
+    return errors > 0 ? NGX_ERROR : NGX_OK;
+}
+
+
 ngx_int_t
 postconfiguration(ngx_conf_t *cf)
 {
@@ -3287,6 +3637,10 @@ postconfiguration(ngx_conf_t *cf)
 
     for (own_header_t &h : own_headers) {
         h.hash = ngx_hash_key(h.lowcase.data, h.lowcase.len);
+    }
+
+    if (check_configuration(cf, cmcf) != NGX_OK) {
+        return NGX_ERROR;
     }
 
     auto *h = static_cast<ngx_http_handler_pt *>(
