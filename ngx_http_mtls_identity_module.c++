@@ -1123,6 +1123,11 @@ cache_init_zone(ngx_shm_zone_t *zone, void *data)
         return NGX_OK;
     }
 
+    /*
+     * TODO(cache): the other layout's entries stay allocated until nginx
+     * restarts; free them once no process of that version can be running.
+     */
+
     if (sh != nullptr) {
         ngx_log_error(NGX_LOG_NOTICE, zone->shm.log, 0,
                       "mtls identity: cache zone \"%V\" was laid out by "
@@ -2024,7 +2029,11 @@ link_timer_handler(ngx_event_t *ev)
                       "mtls identity: the lookup timed out after %M ms; "
                       "reconnecting", worker->mcf->timeout);
 
-        /* a statement under way cannot be abandoned: the link starts over */
+        /*
+         * a statement under way cannot be abandoned: the link starts over.
+         * TODO(pg): cancel with PQcancelStart() and keep the connection,
+         * once libpq 17 is the oldest the module builds against.
+         */
 
         link_reset(link, 0);
 
@@ -2692,7 +2701,11 @@ note_location(ngx_conf_t *cf, loc_conf_t *conf)
 
     auto mode = static_cast<mode_t>(conf->mode);
 
-    /* a content handler: proxy_pass, fastcgi_pass, uwsgi_pass and kin */
+    /*
+     * a content handler: proxy_pass, fastcgi_pass, uwsgi_pass and kin.
+     * TODO(checks): stub_status and the like count too; tell upstream
+     * handlers apart if nginx ever exposes which module set the handler.
+     */
     bool upstream = clcf->handler != nullptr;
 
     scf->has_upstream = scf->has_upstream || upstream;
