@@ -158,9 +158,11 @@ class temp_dir {
 public:
     temp_dir()
     {
+        // mkdtemp() replaces the six trailing X
         std::string pattern =
-            (std::filesystem::temp_directory_path() / "mtls-trust-XXXXXX")
-                .string();
+            (std::filesystem::temp_directory_path() / "mtls-trust-")
+                .string()
+            + std::string(6, 'X');
 
         REQUIRE(mkdtemp(pattern.data()) != nullptr);
         path_ = pattern;
