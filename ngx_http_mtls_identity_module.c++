@@ -705,6 +705,8 @@ strip_handler(ngx_http_request_t *r)
     auto *scf = static_cast<srv_conf_t *>(
         ngx_http_get_module_srv_conf(r, ngx_http_mtls_identity_module));
 
+    log_action     action(r->connection->log,
+                          "removing reserved client headers");
     list_cursor_t  cur(&r->headers_in.headers);
 
     while (auto *h = static_cast<ngx_table_elt_t *>(cur.get())) {
@@ -2011,6 +2013,8 @@ link_timer_handler(ngx_event_t *ev)
     using state = mtls::pg::connection::state;
 
     auto *link = static_cast<link_t *>(ev->data);
+
+    log_action  action(&link->log, "waiting for PostgreSQL");
 
     switch (link->pg.status()) {
 
