@@ -32,7 +32,7 @@ our $APP = "$Mtls::Nginx::ROOT/examples/django";
 our $PYTHON = $ENV{DJANGO_PYTHON} || '/usr/bin/python3';
 
 # the names the reference deployment's servers answer to
-our @HOSTS = qw(api.example.test public.example.test localhost 127.0.0.1);
+our @HOSTS = qw(api.example.test public.example.test);
 
 sub new {
     my ($class, %args) = @_;
@@ -46,7 +46,9 @@ sub new {
         env => {
             DJANGO_SECRET_KEY => random_hex(32),
             MTLS_DJANGO_DB => "$dir/db.sqlite3",
-            DJANGO_ALLOWED_HOSTS => join(',', @{ $args{hosts} // \@HOSTS }),
+            # 127.0.0.1 for the harness's own requests, straight to gunicorn
+            DJANGO_ALLOWED_HOSTS => join(',', @{ $args{hosts} // \@HOSTS },
+                                         '127.0.0.1'),
             DJANGO_LOG_LEVEL => 'INFO',
         },
     }, $class;
@@ -127,16 +129,30 @@ sub start {
         my $r = eval { $self->get('/') };
         return $self if $r && $r->{status} == 200;
 
+        if ($r && $r->{status}) {
+            $self->stop;
+            die "gunicorn answered GET / with $r->{status}:\n"
+                . $self->log_tail;
+        }
+
         if (waitpid($pid, WNOHANG) == $pid) {
             $self->{pid} = undef;
-            die "gunicorn exited at start:\n" . $self->server_log;
+            die "gunicorn exited at start:\n" . $self->log_tail;
         }
         sleep 0.1;
     }
 
     $self->stop;
-    die "gunicorn did not answer on port $self->{port}:\n"
-        . $self->server_log;
+    die "gunicorn did not answer on port $self->{port}:\n" . $self->log_tail;
+}
+
+# the last lines of gunicorn's log, for an error message
+sub log_tail {
+    my ($self) = @_;
+    my @lines = split /\n/, $self->server_log;
+
+    splice @lines, 0, -20 if @lines > 20;
+    return join '', map { "$_\n" } @lines;
 }
 
 sub stop {
@@ -177,7 +193,7 @@ sub get {
         Timeout => 10,
     ) or die "connect to gunicorn: $!";
 
-    print $sock join "\r\n", "GET $path HTTP/1.0", 'Host: localhost',
+    print $sock join "\r\n", "GET $path HTTP/1.0", 'Host: 127.0.0.1',
         @headers, '', '';
 
     local $/;
