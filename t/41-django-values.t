@@ -274,4 +274,8 @@ is_deeply [grep { !/^\d{4}\/\d\d\/\d\d \d\d:\d\d:\d\d \[\w+\] / } @lines],
 $nginx->stop;
 is_deeply [$nginx->problems], [], 'no alert, emerg or crashed worker';
 
+# stopped here, not after the temporary directories are gone
+$django->stop;
+$pg->stop;
+
 done_testing;

@@ -138,4 +138,8 @@ for my $round (1, 2) {
 $nginx->stop;
 is_deeply [$nginx->problems], [], 'no alert, emerg or crashed worker';
 
+# stopped here, not after the temporary directories are gone
+$django->stop;
+$pg->stop;
+
 done_testing;

@@ -24,12 +24,16 @@ use File::Temp qw(tempdir);
 use IO::Socket::INET;
 use JSON::PP ();
 use POSIX qw(WNOHANG);
+use Scalar::Util qw(weaken);
 use Time::HiRes qw(sleep time);
 
 use Mtls::Nginx;
 
 our $APP = "$Mtls::Nginx::ROOT/examples/django";
 our $PYTHON = $ENV{DJANGO_PYTHON} || '/usr/bin/python3';
+
+# every instance not yet destroyed, for the END block below
+my @instances;
 
 # the names the reference deployment's servers answer to
 our @HOSTS = qw(api.example.test public.example.test);
@@ -52,6 +56,9 @@ sub new {
             DJANGO_LOG_LEVEL => 'INFO',
         },
     }, $class;
+
+    push @instances, $self;
+    weaken $instances[-1];
 
     $self->manage('migrate', '--noinput', '--verbosity', '0');
     $self->users(@{ $args{users} }) if $args{users};
@@ -315,6 +322,15 @@ sub DESTROY {
     local $?;
     local $@;
     eval { $self->stop };
+}
+
+# An object a named sub refers to lives until global destruction, after
+# File::Temp's END block has removed its directory; gunicorn is stopped
+# here instead, before that (END blocks run last-defined first).
+END {
+    local $?;
+    local $@;
+    eval { $_->stop } for grep { defined } @instances;
 }
 
 1;
