@@ -4,9 +4,11 @@
 # client forges under the names of the identity headers, or of other
 # certificate headers, never reach Django, on any server or location
 # that proxies to it, with or without a client certificate, over HTTP/1.1
-# and HTTP/2, and however nginx is told to parse header names.  Only the
-# values the module and the configuration set arrive, once each.  What
-# "arrives" is what Django's /echo view reports.  Each case runs twice.
+# and HTTP/2, and however nginx is told to parse header names; among
+# dozens of other headers, which all arrive intact; and on a connection
+# that carries several requests.  Only the values the module and the
+# configuration set arrive, once each.  What "arrives" is what Django's
+# /echo view reports.  Each case runs twice.
 
 use strict;
 use warnings;
@@ -168,6 +170,72 @@ sub check {
 
     my @traces = grep { /$forged_trace/ } values %{ seen($r) // {} };
     is_deeply \@traces, [], "$name: no forged value anywhere";
+}
+
+# forged headers among many others: removing them from nginx's header
+# list (which grows in parts of 20) keeps every other header, in any
+# position, including an empty forged one (curl sends "Name;" as empty)
+for my $round (1, 2) {
+    for my $every (1, 7, 19, 20) {
+        my @headers = ('X-Mtls-Identity: svc-admin', 'Remote-User: x');
+
+        for my $n (1 .. 60) {
+            push @headers, sprintf 'X-Pad-%02d: v%02d', $n, $n;
+            push @headers, "X-Mtls-Identity: svc-admin$n",
+                           "X-Mtls-Identity-Groups: g$n"
+                if $n % $every == 0;
+        }
+        push @headers, 'X-Mtls-Identity-Fingerprint: 00', 'X-Mtls-Identity;';
+
+        for my $http2 (0, 1) {
+            my $name = sprintf 'forged headers after every %d of 60, %s (%d)',
+                $every, $http2 ? 'HTTP/2' : 'HTTP/1.1', $round;
+            my $r = Mtls::Client::get(
+                port => $nginx{$parsers[0][0]}->port, path => '/echo',
+                cert => 'alpha', http2 => $http2, headers => \@headers);
+            my $seen = seen($r) // {};
+
+            is_deeply {
+                map { $_ => $seen->{$_} } grep { /^X-(Pad|Mtls)|^Remote/ }
+                keys %$seen
+            }, {
+                (map { sprintf('X-Pad-%02d', $_) => sprintf('v%02d', $_) }
+                 1 .. 60),
+                'X-Mtls-Identity' => 'svc-alpha',
+                'X-Mtls-Identity-Groups' => 'api',
+                'X-Mtls-Identity-Key' => 'fingerprint',
+                'X-Mtls-Identity-Fingerprint' => $alpha_fp,
+            }, "$name: every other header arrives, the identity once";
+        }
+    }
+}
+
+# several requests on one connection (keep-alive, HTTP/2 streams): each
+# gets the headers of its own location
+for my $round (1, 2) {
+    for my $http2 (0, 1) {
+        my $port = $nginx{$parsers[0][0]}->port;
+        my @paths = ('/echo', '/off/echo', '/echo', '/off/echo');
+        my $out = Mtls::Nginx::run_capture(
+            'curl', '-sS', $http2 ? '--http2' : '--http1.1',
+            '--cacert', "$Mtls::Nginx::FIXTURES/root-a.crt",
+            '--resolve', "api.example.test:$port:127.0.0.1",
+            '--cert', "$Mtls::Nginx::FIXTURES/alpha.crt",
+            '--key', "$Mtls::Nginx::FIXTURES/alpha.key",
+            '-H', 'X-Mtls-Identity: svc-admin',
+            '-w', '\n%{num_connects}\n',
+            map { "https://api.example.test:$port$_" } @paths);
+        my @lines = split /\n/, $out;
+        my @users = map { (Mtls::Django::json($lines[2 * $_]) // {})->{user} }
+            0 .. $#paths;
+        my $connects = 0;
+        $connects += $lines[2 * $_ + 1] // 0 for 0 .. $#paths;
+
+        is_deeply \@users, ['svc-alpha', undef, 'svc-alpha', undef],
+            sprintf 'one connection, the module on and off in turn, %s (%d)',
+                $http2 ? 'HTTP/2' : 'HTTP/1.1', $round;
+        is $connects, 1, "  over a single connection ($round)";
+    }
 }
 
 # the module's log lines name a removed header, never its value (nginx
