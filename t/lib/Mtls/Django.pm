@@ -133,7 +133,7 @@ sub start {
     # gunicorn writes its pid file before it listens: wait for an answer
     my $until = time + 30;
     while (time < $until) {
-        my $r = eval { $self->get('/') };
+        my $r = $self->fetch('/');
         return $self if $r && $r->{status} == 200;
 
         if ($r && $r->{status}) {
@@ -195,10 +195,18 @@ sub server_log {
 sub get {
     my ($self, $path, @headers) = @_;
 
+    return $self->fetch($path, @headers)
+        // die "connect to gunicorn on port $self->{port}: $!\n";
+}
+
+# the same, but undef when nothing accepts the connection
+sub fetch {
+    my ($self, $path, @headers) = @_;
+
     my $sock = IO::Socket::INET->new(
         PeerAddr => '127.0.0.1', PeerPort => $self->{port}, Proto => 'tcp',
         Timeout => 10,
-    ) or die "connect to gunicorn: $!";
+    ) or return undef;
 
     print $sock join "\r\n", "GET $path HTTP/1.0", 'Host: 127.0.0.1',
         @headers, '', '';
