@@ -120,13 +120,15 @@ sub start {
 
     my $pid = fork // die "fork: $!";
     if ($pid == 0) {
+        # no die here: it would run the parent's END blocks and DESTROYs
         @ENV{keys %{ $self->{env} }} = values %{ $self->{env} };
-        open STDIN, '<', '/dev/null' or die $!;
-        open STDOUT, '>>', "$self->{dir}/gunicorn.log" or die $!;
-        open STDERR, '>&', \*STDOUT or die $!;
-        exec "$APP/run-gunicorn", $self->{port},
-             '--pid', "$self->{dir}/gunicorn.pid"
-            or die "exec run-gunicorn: $!";
+        open STDIN, '<', '/dev/null';
+        open STDOUT, '>>', "$self->{dir}/gunicorn.log"
+            and open STDERR, '>&', \*STDOUT
+            and exec "$APP/run-gunicorn", $self->{port},
+                     '--pid', "$self->{dir}/gunicorn.pid";
+        print STDERR "cannot run $APP/run-gunicorn: $!\n";
+        POSIX::_exit(127);
     }
     $self->{pid} = $pid;
 
