@@ -71,7 +71,8 @@ test: deps
 	    perl t/run-tests.pl $(UNIT_TESTS) t/*.t
 
 demo: deps
-	$(MAKE) module
+	@echo "building the module (quiet; the first build takes a minute)"
+	@$(MAKE) -s --no-print-directory module
 	@NGINX_BIN=$(NGINX_BIN) MTLS_MODULE=$(CURDIR)/$(MODULE) scripts/demo
 
 # audit an existing nginx configuration: make check-config CONF=/etc/...
@@ -80,6 +81,13 @@ CONF ?= /etc/nginx/nginx.conf
 check-config: module
 	@NGINX_BIN=$(NGINX_BIN) MTLS_MODULE=$(CURDIR)/$(MODULE) \
 	    contrib/mtls-identity-check-config $(CONF)
+
+# the demo's nginx, Django and PostgreSQL, kept up until Ctrl-C
+.PHONY: run
+run: deps
+	@echo "building the module (quiet; the first build takes a minute)"
+	@$(MAKE) -s --no-print-directory module
+	@NGINX_BIN=$(NGINX_BIN) MTLS_MODULE=$(CURDIR)/$(MODULE) scripts/run
 
 # regenerate the committed fixture certificates (new keys, new values)
 fixtures:
