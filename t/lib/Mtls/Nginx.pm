@@ -26,6 +26,7 @@ use Cwd qw(abs_path);
 use File::Basename qw(dirname);
 use File::Path qw(make_path);
 use File::Temp qw(tempdir);
+use Scalar::Util qw(weaken);
 use IO::Socket::INET;
 use POSIX qw(WNOHANG);
 use Time::HiRes qw(sleep time);
@@ -35,6 +36,18 @@ our $FIXTURES = "$ROOT/tests/fixtures";
 our $NGINX = $ENV{NGINX_BIN} || '/usr/sbin/nginx';
 our $MODULE = $ENV{MTLS_MODULE}
     || "$ROOT/build/ngx_http_mtls_identity_module.so";
+
+# every instance still alive when the test ends, stopped before
+# File::Temp's own END block removes their directories
+my @live;
+
+END {
+    local $?;
+
+    for my $self (grep { defined } @live) {
+        eval { $self->stop };
+    }
+}
 
 sub new {
     my ($class, %args) = @_;
@@ -57,6 +70,9 @@ sub new {
     }, $class;
 
     $self->port;
+    push @live, $self;
+    weaken $live[-1];
+
     return $self;
 }
 

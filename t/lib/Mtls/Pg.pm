@@ -20,6 +20,7 @@ use strict;
 use warnings;
 
 use File::Temp qw(tempdir);
+use Scalar::Util qw(weaken);
 use Time::HiRes qw(sleep time);
 
 use Mtls::Nginx;
@@ -38,6 +39,18 @@ sub bindir {
     return $pg_config if $pg_config && -x "$pg_config/initdb";
 
     die "no PostgreSQL server binaries: install postgresql-15\n";
+}
+
+# every instance still alive when the test ends, stopped before
+# File::Temp's own END block removes their directories
+my @live;
+
+END {
+    local $?;
+
+    for my $self (grep { defined } @live) {
+        eval { $self->stop };
+    }
 }
 
 sub new {
@@ -67,6 +80,9 @@ sub new {
     $self->write_settings;
     $self->start;
     $self->sql_file($SCHEMA) unless $args{no_schema};
+
+    push @live, $self;
+    weaken $live[-1];
 
     return $self;
 }
