@@ -1,7 +1,8 @@
 #!/usr/bin/perl
 #
 # What the documentation tells users to write works as written: the nginx
-# configuration in README.md passes `nginx -t` without a warning, and
+# configurations in README.md and the Django example pass `nginx -t`
+# without a warning, and
 # contrib/mtls-identity-enrol writes rows that map certificates by every
 # key kind.
 
@@ -51,6 +52,25 @@ sub nginx_blocks {
 
     my ($ok, $out) = $nginx->test_config(http => $conf);
     ok $ok, "README's configuration passes nginx -t" or diag $out;
+    unlike $out, qr/\[(?:warn|emerg)\]/, '  with no warning' or diag $out;
+}
+
+# the server block of the Django example's README, in an http block
+{
+    my ($conf) = nginx_blocks("$root/examples/django/README.md");
+    ok defined $conf, 'the Django example shows its nginx server';
+
+    my $nginx = Mtls::Nginx->new;
+    my $f = $Mtls::Nginx::FIXTURES;
+
+    $conf =~ s{/etc/nginx/tls/server-chain\.pem}{$f/server-chain.pem};
+    $conf =~ s{/etc/nginx/tls/server\.key}{$f/server.key};
+    $conf =~ s{/etc/nginx/tls/client-ca\.pem}{$f/trust-a.pem};
+    $conf =~ s{listen 443 ssl;}{listen 127.0.0.1:%%PORT%% ssl;};
+
+    my ($ok, $out) = $nginx->test_config(
+        http => qq{mtls_identity_db "host=127.0.0.1 dbname=app";\n$conf});
+    ok $ok, "the Django example's server passes nginx -t" or diag $out;
     unlike $out, qr/\[(?:warn|emerg)\]/, '  with no warning' or diag $out;
 }
 
