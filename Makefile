@@ -38,7 +38,9 @@ all: module
 module: $(NGX_TREE)/objs/Makefile
 	$(MAKE) -C $(NGX_TREE) -f objs/Makefile modules \
 	    MTLS_IDENTITY_CXXFLAGS="-std=c++17 $(WARNINGS)"
-	cp $(NGX_TREE)/objs/ngx_http_mtls_identity_module.so $(MODULE)
+	@# a new file, renamed into place: a running nginx keeps the old one
+	cp $(NGX_TREE)/objs/ngx_http_mtls_identity_module.so $(MODULE).new
+	mv -f $(MODULE).new $(MODULE)
 
 # nginx's configure, run again when the module's build description or
 # its list of sources changes

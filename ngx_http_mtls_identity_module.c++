@@ -100,6 +100,8 @@ struct cache_sh_t {
     ngx_queue_t        lru;              /* most recently used first */
     int64_t            seen_version;     /* highest change applied */
     time_t             synced;           /* a listener last caught up */
+    size_t             epoch_len;        /* the schema's epoch, or 0 */
+    u_char             epoch[64];
     ngx_uint_t         entries;
     time_t             full_logged;      /* the last "zone is full" line */
 };
@@ -206,7 +208,6 @@ struct request_state_t {
     /* the outcome for the location that decided last */
     unsigned             decided:1;
     unsigned             allowed:1;
-    unsigned             headers_set:1;
     mtls::reason         why;
     mode_t               mode;
     int                  kind;         /* mtls::key_kind, or -1 */
@@ -248,6 +249,7 @@ struct worker_t {
     enum class sync_t { none, version, changes } sync = sync_t::none;
     int64_t                               sync_from = 0;
     int64_t                               sync_to = 0;
+    bool                                  sync_again = false;
     bool                                  listening = false;
 };
 
@@ -519,6 +521,43 @@ free_ex_index(void *data)
 }
 
 
+bool
+same_string(const ngx_str_t &a, const ngx_str_t &b)
+{
+    return a.len == b.len && ngx_strncmp(a.data, b.data, a.len) == 0;
+}
+
+
+/*
+ * Whether the handshake verified the certificate with the trust settings
+ * of the server that handles the request.  Without SNI the handshake
+ * uses the default server's settings, and nothing else compares them
+ * with those of the server Host picks (with SNI, nginx refuses a
+ * mismatch with 421 itself).
+ */
+
+bool
+verified_for_this_server(ngx_http_request_t *r, SSL *ssl)
+{
+    auto *mine = static_cast<ngx_http_ssl_srv_conf_t *>(
+        ngx_http_get_module_srv_conf(r, ngx_http_ssl_module));
+    auto *used = static_cast<ngx_http_ssl_srv_conf_t *>(
+        SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl),
+                            ngx_ssl_server_conf_index));
+
+    if (used == mine) {
+        return true;
+    }
+
+    return used != nullptr
+           && same_string(used->client_certificate, mine->client_certificate)
+           && same_string(used->trusted_certificate,
+                          mine->trusted_certificate)
+           && same_string(used->crl, mine->crl)
+           && used->verify_depth == mine->verify_depth;
+}
+
+
 /*
  * Whether the connection carries a certificate that nginx verified, and
  * its identity, derived on first use and kept on the SSL object: a
@@ -549,7 +588,8 @@ connection_identity(ngx_http_request_t *r, const mtls::cert_identity **id)
     /* what nginx itself calls SUCCESS in $ssl_client_verify */
 
     if (SSL_get_verify_result(ssl) != X509_V_OK
-        || ngx_ssl_ocsp_get_status(c, &ocsp) != NGX_OK)
+        || ngx_ssl_ocsp_get_status(c, &ocsp) != NGX_OK
+        || !verified_for_this_server(r, ssl))
     {
         return cert_state_t::unverified;
     }
@@ -691,17 +731,28 @@ remove_element(ngx_pool_t *pool, list_cursor_t &cur)
 }
 
 
-/* the post-read phase: every reserved inbound header goes */
-
-ngx_int_t
-strip_handler(ngx_http_request_t *r)
+bool
+is_own_header(const ngx_table_elt_t *h)
 {
-    auto *mcf = main_conf(r);
-
-    if (!mcf->configured || r != r->main) {
-        return NGX_DECLINED;
+    for (const own_header_t &own : own_headers) {
+        if (h->key.data == own.name.data) {
+            return true;
+        }
     }
 
+    return false;
+}
+
+
+/*
+ * Removes every reserved header from the request: those a client sent,
+ * and after an internal redirect the module's own from the location
+ * before, which the new location sets again if it allows.
+ */
+
+ngx_int_t
+strip_reserved(ngx_http_request_t *r)
+{
     auto *scf = static_cast<srv_conf_t *>(
         ngx_http_get_module_srv_conf(r, ngx_http_mtls_identity_module));
 
@@ -718,86 +769,82 @@ strip_handler(ngx_http_request_t *r)
             continue;
         }
 
-        ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
-                      "mtls identity: removed client header \"%V\"",
-                      &h->key);
+        if (!is_own_header(h)) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "mtls identity: removed client header \"%V\"",
+                          &h->key);
+        }
 
         if (remove_element(r->pool, cur) != NGX_OK) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-    }
-
-    return NGX_DECLINED;
-}
-
-
-/* sets one of the module's headers, or removes it when value is empty */
-
-ngx_int_t
-set_own_header(ngx_http_request_t *r, const own_header_t &hdr,
-    ngx_str_t value)
-{
-    list_cursor_t     cur(&r->headers_in.headers);
-    ngx_table_elt_t  *found = nullptr;
-
-    while (auto *h = static_cast<ngx_table_elt_t *>(cur.get())) {
-        if (h->key.len == hdr.lowcase.len
-            && ngx_strncasecmp(h->key.data, hdr.lowcase.data,
-                               hdr.lowcase.len) == 0)
-        {
-            found = h;
-            break;
-        }
-
-        cur.i++;
-    }
-
-    if (value.len == 0) {
-        return found != nullptr ? remove_element(r->pool, cur) : NGX_OK;
-    }
-
-    if (found == nullptr) {
-        found = static_cast<ngx_table_elt_t *>(
-            ngx_list_push(&r->headers_in.headers));
-        if (found == nullptr) {
             return NGX_ERROR;
         }
     }
-
-    found->key = hdr.name;
-    found->lowcase_key = hdr.lowcase.data;
-    found->hash = hdr.hash;
-    found->value = value;
 
     return NGX_OK;
 }
 
 
+/*
+ * The post-read phase: every reserved inbound header goes.  The same
+ * handler runs in the preaccess phase for internal redirects: a request
+ * nginx refused before the post-read phase (a missing certificate under
+ * "ssl_verify_client on", a malformed header, plain HTTP on a TLS port)
+ * and sends on with error_page never passed it, and after any redirect
+ * the headers the location before set must go.
+ */
+
+ngx_int_t
+strip_handler(ngx_http_request_t *r)
+{
+    if (!main_conf(r)->configured || r != r->main) {
+        return NGX_DECLINED;
+    }
+
+    return strip_reserved(r) == NGX_OK ? NGX_DECLINED
+                                       : NGX_HTTP_INTERNAL_SERVER_ERROR;
+}
+
+
+ngx_int_t
+strip_again_handler(ngx_http_request_t *r)
+{
+    return r->internal ? strip_handler(r) : NGX_DECLINED;
+}
+
+
+/* adds the module's identity headers of an allowed request */
+
 ngx_int_t
 set_identity_headers(ngx_http_request_t *r, request_state_t *st,
-    const mtls::cert_identity *id, bool on)
+    const mtls::cert_identity &id)
 {
-    ngx_str_t  values[4] = {};
+    std::string_view  kind = mtls::name_of(
+                                 static_cast<mtls::key_kind>(st->kind));
+    ngx_str_t         values[4];
 
-    if (on) {
-        values[0] = st->username;
-        values[1] = st->groups;
-        values[2].data = const_cast<u_char *>(
-            reinterpret_cast<const u_char *>(
-                mtls::name_of(static_cast<mtls::key_kind>(st->kind))
-                    .data()));
-        values[2].len =
-            mtls::name_of(static_cast<mtls::key_kind>(st->kind)).size();
-        values[3] = pool_string(r->pool, id->fingerprint);
-    }
+    values[0] = st->username;
+    values[1] = st->groups;
+    values[2].data = reinterpret_cast<u_char *>(
+        const_cast<char *>(kind.data()));
+    values[2].len = kind.size();
+    values[3] = pool_string(r->pool, id.fingerprint);
 
     for (std::size_t n = 0; n < 4; n++) {
-        if (set_own_header(r, own_headers[n], values[n]) != NGX_OK) {
+        if (values[n].len == 0) {
+            continue;
+        }
+
+        auto *h = static_cast<ngx_table_elt_t *>(
+            ngx_list_push(&r->headers_in.headers));
+        if (h == nullptr) {
             return NGX_ERROR;
         }
-    }
 
-    st->headers_set = on;
+        h->key = own_headers[n].name;
+        h->lowcase_key = own_headers[n].lowcase.data;
+        h->hash = own_headers[n].hash;
+        h->value = values[n];
+    }
 
     return NGX_OK;
 }
@@ -968,13 +1015,26 @@ cache_put(cache_t *cache, const mtls::cert_identity &id,
                   + tokens.size() * sizeof(uint64_t) + bytes.size();
     bool   full = false;
 
+    /* a lookup this big would push out too many others: not kept */
+
+    if (size > cache->zone->shm.size / 8) {
+        return;
+    }
+
     ngx_shmtx_lock(&cache->shpool->mutex);
 
     cache_sh_t *sh = cache->sh;
 
-    /* a change after this answer was read may alter it: keep nothing */
+    /*
+     * a change after this answer was read may alter it, or it comes from
+     * another copy of the schema than the one the listeners follow: keep
+     * nothing
+     */
 
-    if (facts.version < sh->seen_version) {
+    if (facts.version < sh->seen_version || sh->epoch_len == 0
+        || facts.epoch.size() != sh->epoch_len
+        || ngx_memcmp(facts.epoch.data(), sh->epoch, sh->epoch_len) != 0)
+    {
         ngx_shmtx_unlock(&cache->shpool->mutex);
         return;
     }
@@ -987,7 +1047,12 @@ cache_put(cache_t *cache, const mtls::cert_identity &id,
     node = static_cast<cache_node_t *>(
         ngx_slab_alloc_locked(cache->shpool, size));
 
-    while (node == nullptr && !ngx_queue_empty(&sh->lru)) {
+    /* room from the least recently used; one lookup too big for the
+       zone must not empty it */
+
+    for (int n = 0; node == nullptr && n < 16 && !ngx_queue_empty(&sh->lru);
+         n++)
+    {
         ngx_queue_t *q = ngx_queue_last(&sh->lru);
 
         cache_remove_locked(cache, ngx_queue_data(q, cache_node_t, lru));
@@ -1036,14 +1101,10 @@ cache_put(cache_t *cache, const mtls::cert_identity &id,
 }
 
 
-/*
- * Evicts what a change may alter; returns how many entries went.  With
- * `restart` the database's version went back (restored, or recreated):
- * the cache then takes that version as the one it has seen.
- */
+/* evicts what a change may alter; returns how many entries went */
 
 ngx_uint_t
-cache_apply(cache_t *cache, const mtls::change &c, bool restart = false)
+cache_apply(cache_t *cache, const mtls::change &c)
 {
     ngx_uint_t  evicted = 0;
 
@@ -1073,13 +1134,64 @@ cache_apply(cache_t *cache, const mtls::change &c, bool restart = false)
         }
     }
 
-    if (c.version > sh->seen_version || restart) {
+    if (c.version > sh->seen_version) {
         sh->seen_version = c.version;
     }
 
     ngx_shmtx_unlock(&cache->shpool->mutex);
 
     return evicted;
+}
+
+
+/*
+ * The schema the listeners follow is another one (recreated, or another
+ * database): drop everything and start from its epoch and version.
+ * Returns how many entries went.
+ */
+
+ngx_uint_t
+cache_restart(cache_t *cache, const mtls::store::state &db)
+{
+    ngx_uint_t  evicted = 0;
+
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    cache_sh_t  *sh = cache->sh;
+
+    while (!ngx_queue_empty(&sh->lru)) {
+        cache_remove_locked(cache, ngx_queue_data(ngx_queue_head(&sh->lru),
+                                                  cache_node_t, lru));
+        evicted++;
+    }
+
+    sh->seen_version = db.version;
+    sh->epoch_len = ngx_min(db.epoch.size(), sizeof(sh->epoch));
+    ngx_memcpy(sh->epoch, db.epoch.data(), sh->epoch_len);
+
+    /* an epoch too long to keep never matches: nothing is cached */
+    if (db.epoch.size() > sizeof(sh->epoch)) {
+        sh->epoch_len = 0;
+    }
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    return evicted;
+}
+
+
+bool
+cache_same_epoch(cache_t *cache, const std::string &epoch)
+{
+    ngx_shmtx_lock(&cache->shpool->mutex);
+
+    cache_sh_t *sh = cache->sh;
+    bool same = sh->epoch_len != 0 && epoch.size() == sh->epoch_len
+                && ngx_memcmp(epoch.data(), sh->epoch, sh->epoch_len) == 0;
+
+    ngx_shmtx_unlock(&cache->shpool->mutex);
+
+    return same;
 }
 
 
@@ -1267,11 +1379,14 @@ park(ngx_http_request_t *r, request_state_t *st)
     if (link == nullptr) {
         bool coming = false;
 
+        /* a link comes free: it connects, works, or has an answer read */
+
         for (auto &l : worker->links) {
             auto s = l->pg.status();
 
             coming = coming || s == mtls::pg::connection::state::connecting
-                     || s == mtls::pg::connection::state::busy;
+                     || s == mtls::pg::connection::state::busy
+                     || l->waiter != nullptr || l->draining;
         }
 
         if (!coming || worker->nwaiting >= worker->mcf->queue) {
@@ -1423,10 +1538,8 @@ finish(ngx_http_request_t *r, request_state_t *st, loc_conf_t *lcf,
                       why.size(), why.data(), fingerprint);
     }
 
-    if (st->allowed || st->headers_set) {
-        bool on = st->allowed && lcf->headers;
-
-        if (set_identity_headers(r, st, id, on) != NGX_OK) {
+    if (st->allowed && lcf->headers) {
+        if (set_identity_headers(r, st, *id) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
     }
@@ -1448,17 +1561,6 @@ access_handler(ngx_http_request_t *r)
     request_state_t  *st = find_state(r);
 
     if (lcf->mode == static_cast<ngx_uint_t>(mode_t::off)) {
-
-        /* an internal redirect from a location that set the headers */
-
-        if (st != nullptr && st->headers_set) {
-            const mtls::cert_identity  *none = nullptr;
-
-            if (set_identity_headers(r, st, none, false) != NGX_OK) {
-                return NGX_HTTP_INTERNAL_SERVER_ERROR;
-            }
-        }
-
         return NGX_DECLINED;
     }
 
@@ -1574,6 +1676,7 @@ void link_event_handler(ngx_event_t *ev);
 void link_timer_handler(ngx_event_t *ev);
 void link_connect(link_t *link);
 void listener_sync(link_t *link);
+void listener_synced(link_t *link);
 void listener_answer(link_t *link);
 void listener_notifications(link_t *link);
 
@@ -2137,9 +2240,9 @@ idle_link()
  */
 
 void
-listener_apply(const mtls::change &c, bool restart = false)
+listener_apply(const mtls::change &c)
 {
-    ngx_uint_t evicted = cache_apply(worker->mcf->cache, c, restart);
+    ngx_uint_t evicted = cache_apply(worker->mcf->cache, c);
 
     if (c.everything) {
         ngx_log_error(NGX_LOG_INFO, worker->log, 0,
@@ -2149,25 +2252,32 @@ listener_apply(const mtls::change &c, bool restart = false)
 }
 
 
+/*
+ * A notification only says that something changed.  What changed, the
+ * change log tells, and only a role that may write the schema's tables
+ * can write to it; anyone who can connect could send a notification.
+ */
+
 void
 listener_notifications(link_t *link)
 {
+    bool  ours = false;
+
     for (const mtls::pg::notification &n : link->pg.take_notifications()) {
-        if (n.channel != mtls::store::channel) {
-            continue;
-        }
+        ours = ours || n.channel == mtls::store::channel;
+    }
 
-        std::optional<mtls::change> c = mtls::parse_change(n.payload);
+    if (!ours || ngx_exiting) {
+        return;
+    }
 
-        if (!c) {
-            ngx_log_error(NGX_LOG_WARN, &link->log, 0,
-                          "mtls identity: a change notification cannot "
-                          "be read; dropping the whole cache");
-            c = mtls::change();
-            c->everything = true;
-        }
+    if (worker->sync != worker_t::sync_t::none) {
+        worker->sync_again = true;
+        return;
+    }
 
-        listener_apply(*c);
+    if (link->pg.status() == mtls::pg::connection::state::idle) {
+        listener_sync(link);
     }
 }
 
@@ -2192,11 +2302,13 @@ listener_send(link_t *link, const mtls::store::statement &stmt,
 }
 
 
-/* asks for the change version: the first step of a resynchronisation */
+/* asks for the change version: the first step of catching up */
 
 void
 listener_sync(link_t *link)
 {
+    worker->sync_again = false;
+
     if (listener_send(link, mtls::store::version, {})) {
         worker->sync = worker_t::sync_t::version;
     }
@@ -2204,7 +2316,7 @@ listener_sync(link_t *link)
 
 
 void
-listener_synced()
+listener_synced(link_t *link)
 {
     using sync_t = worker_t::sync_t;
 
@@ -2218,6 +2330,12 @@ listener_synced()
     worker->listening = true;
 
     cache_synced(worker->mcf->cache);
+
+    /* changes were announced while this round ran */
+
+    if (worker->sync_again) {
+        listener_sync(link);
+    }
 }
 
 
@@ -2233,6 +2351,11 @@ listener_answer(link_t *link)
         ngx_del_timer(&link->timer);
     }
 
+    if (ngx_exiting) {
+        worker->sync = sync_t::none;
+        return;
+    }
+
     if (res == nullptr) {
         ngx_log_error(NGX_LOG_ERR, &link->log, 0,
                       "mtls identity: reading the changes failed: %s",
@@ -2242,10 +2365,10 @@ listener_answer(link_t *link)
     }
 
     if (worker->sync == sync_t::version) {
-        std::optional<int64_t> v = mtls::store::read_version(res.get());
-        int64_t seen = cache_seen_version(cache);
+        std::optional<mtls::store::state> db =
+            mtls::store::read_version(res.get());
 
-        if (!v) {
+        if (!db) {
             ngx_log_error(NGX_LOG_ERR, &link->log, 0,
                           "mtls identity: mtls_identity.state cannot be "
                           "read: is sql/schema.sql applied?");
@@ -2253,23 +2376,32 @@ listener_answer(link_t *link)
             return;
         }
 
-        worker->sync_from = seen;
-        worker->sync_to = *v;
+        int64_t seen = cache_seen_version(cache);
 
-        if (*v == seen) {
-            listener_synced();
+        worker->sync_from = seen;
+        worker->sync_to = db->version;
+
+        /*
+         * another copy of the schema, or a version that went back (a
+         * restored backup): nothing cached can be trusted
+         */
+
+        if (!cache_same_epoch(cache, db->epoch) || db->version < seen) {
+            ngx_uint_t evicted = cache_restart(cache, *db);
+
+            if (evicted > 0) {
+                ngx_log_error(NGX_LOG_INFO, worker->log, 0,
+                              "mtls identity: the schema was recreated or "
+                              "replaced; dropped the whole cache (%ui "
+                              "entries)", evicted);
+            }
+
+            listener_synced(link);
             return;
         }
 
-        if (*v < seen) {
-
-            /* the database started over: nothing cached can be trusted */
-
-            mtls::change c;
-            c.everything = true;
-            c.version = *v;
-            listener_apply(c, true);
-            listener_synced();
+        if (db->version == seen) {
+            listener_synced(link);
             return;
         }
 
@@ -2309,8 +2441,11 @@ listener_answer(link_t *link)
         }
     }
 
-    listener_synced();
+    listener_synced(link);
 }
+
+
+void close_link(link_t *link);
 
 
 void
@@ -2319,6 +2454,17 @@ poll_handler(ngx_event_t *ev)
     link_t *link = worker->listener.get();
 
     if (worker->exiting) {
+        return;
+    }
+
+    /*
+     * a worker that shuts down (after a reload, say) stops following
+     * changes: the new workers follow them, perhaps in another database
+     */
+
+    if (ngx_exiting) {
+        close_link(link);
+        worker->listening = false;
         return;
     }
 
@@ -2649,7 +2795,7 @@ merge_srv_conf(ngx_conf_t *cf, void *parent, void *child)
 
         try {
             for (const char *name : default_strip) {
-                prev->strip->push_back(mtls::normalize_header_name(name));
+                prev->strip->push_back(mtls::normalize_pattern(name));
             }
 
         } catch (const std::bad_alloc &) {
@@ -2986,10 +3132,22 @@ set_db(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        /* an unquoted conninfo lands here: never repeat a value */
+
+        ngx_str_t  name = args[i];
+        u_char    *eq = static_cast<u_char *>(
+            ngx_strlchr(name.data, name.data + name.len, '='));
+
+        if (eq != nullptr) {
+            name.len = eq - name.data;
+        }
+
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "invalid parameter \"%V\" of "
+                           "invalid parameter \"%V%s\" of "
                            "\"mtls_identity_db\"; expected connections=, "
-                           "queue=, connect_timeout= or timeout=", &args[i]);
+                           "queue=, connect_timeout= or timeout= (quote the "
+                           "conninfo as one argument)",
+                           &name, eq != nullptr ? "=..." : "");
         return conf_error;
     }
 
@@ -3159,7 +3317,7 @@ set_strip(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 
     try {
         for (const char *name : default_strip) {
-            scf->strip->push_back(mtls::normalize_header_name(name));
+            scf->strip->push_back(mtls::normalize_pattern(name));
         }
 
         for (ngx_uint_t i = 1; i < cf->args->nelts; i++) {
@@ -3181,7 +3339,7 @@ set_strip(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                  h->name.len != 0; h++)
             {
                 std::vector<std::string> one{
-                    mtls::normalize_header_name(pattern)};
+                    mtls::normalize_pattern(pattern)};
 
                 if (mtls::is_reserved_header(
                         std::string_view(
@@ -3200,7 +3358,7 @@ set_strip(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
                 }
             }
 
-            scf->strip->push_back(mtls::normalize_header_name(pattern));
+            scf->strip->push_back(mtls::normalize_pattern(pattern));
         }
 
     } catch (const std::bad_alloc &) {
@@ -3667,6 +3825,14 @@ postconfiguration(ngx_conf_t *cf)
     }
 
     *h = strip_handler;
+
+    h = static_cast<ngx_http_handler_pt *>(
+        ngx_array_push(&cmcf->phases[NGX_HTTP_PREACCESS_PHASE].handlers));
+    if (h == nullptr) {
+        return NGX_ERROR;
+    }
+
+    *h = strip_again_handler;
 
     h = static_cast<ngx_http_handler_pt *>(
         ngx_array_push(&cmcf->phases[NGX_HTTP_ACCESS_PHASE].handlers));

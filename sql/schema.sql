@@ -181,9 +181,13 @@ CREATE INDEX IF NOT EXISTS revocation_serial_idx
 -- serial, san_uri, san_email or san_dns.  The module evicts every cached
 -- lookup of a certificate that has one of those keys; "*" evicts them all.
 
+-- `epoch` names this copy of the schema: a cache that finds another
+-- epoch (the schema was recreated, or nginx now reads another database)
+-- starts over, whatever the versions say.
 CREATE TABLE IF NOT EXISTS mtls_identity.state (
     one         boolean     PRIMARY KEY DEFAULT true CHECK (one),
-    version     bigint      NOT NULL DEFAULT 0
+    version     bigint      NOT NULL DEFAULT 0,
+    epoch       text        NOT NULL DEFAULT gen_random_uuid()::text
 );
 
 INSERT INTO mtls_identity.state (one, version) VALUES (true, 0)

@@ -72,6 +72,7 @@ struct grant {
 // What the database knows about one certificate.
 struct lookup {
     std::int64_t version = 0;  // change version the answer was read at
+    std::string epoch;         // the schema's epoch, likewise
     bool revoked = false;
     std::vector<grant> grants;
 };

@@ -8,9 +8,10 @@ namespace mtls {
 
 namespace {
 
+// a space too: parsers trim spaces around a value and inside a list
 bool must_encode(unsigned char c)
 {
-    return c < 0x20 || c >= 0x7f || c == '%' || c == ',' || c == '"'
+    return c <= 0x20 || c >= 0x7f || c == '%' || c == ',' || c == '"'
            || c == '\\';
 }
 
@@ -26,13 +27,20 @@ bool is_tchar(unsigned char c)
 }
 
 
+// Gateways turn header names into variables in their own ways: CGI and
+// WSGI read "-" as "_", PHP also "." and " ".  Every character but a
+// letter or digit is therefore read as "-".
 char normalized(char c)
 {
     if (c >= 'A' && c <= 'Z') {
         return static_cast<char>(c - 'A' + 'a');
     }
 
-    return c == '_' ? '-' : c;
+    if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9')) {
+        return c;
+    }
+
+    return '-';
 }
 
 
@@ -72,6 +80,24 @@ std::string normalize_header_name(std::string_view name)
 
     for (char &c : out) {
         c = normalized(c);
+    }
+
+    return out;
+}
+
+
+std::string normalize_pattern(std::string_view pattern)
+{
+    bool prefix = !pattern.empty() && pattern.back() == '*';
+
+    if (prefix) {
+        pattern.remove_suffix(1);
+    }
+
+    std::string out = normalize_header_name(pattern);
+
+    if (prefix) {
+        out.push_back('*');
     }
 
     return out;

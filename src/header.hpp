@@ -16,9 +16,14 @@ namespace mtls {
 // configuration says.
 constexpr std::string_view reserved_prefix = "x-mtls-identity";
 
-// Lower case, with "_" read as "-": the name an application behind a
-// WSGI or CGI gateway cannot tell apart from the original.
+// Lower case, with every character but a letter or digit read as "-":
+// the names an application behind a WSGI, CGI or PHP gateway cannot tell
+// apart from the original all normalise alike.
 std::string normalize_header_name(std::string_view name);
+
+// A strip pattern in the form is_reserved_header() compares: the name
+// normalised, a trailing "*" kept.
+std::string normalize_pattern(std::string_view pattern);
 
 // A pattern of mtls_identity_strip_header: a header name, or a prefix
 // followed by "*".  Returns "" when it is acceptable, else why not.
@@ -30,10 +35,10 @@ std::string check_strip_pattern(std::string_view pattern);
 bool is_reserved_header(std::string_view name,
                         const std::vector<std::string> &patterns);
 
-// Percent-encodes "%", ",", '"', "\", every byte below 0x20, 0x7f and
-// every byte above it, so the value is printable ASCII and a comma always
-// separates list elements.  Decoding with any URL unquote gives the
-// original UTF-8 back.
+// Percent-encodes "%", ",", '"', "\", the space, every byte below 0x20,
+// 0x7f and every byte above it, so the value is printable ASCII without
+// spaces a parser could trim, and a comma always separates list
+// elements.  Decoding with any URL unquote gives the original UTF-8 back.
 std::string percent_encode(std::string_view value);
 
 // The groups as one header value: each percent-encoded, comma-separated,

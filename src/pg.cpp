@@ -6,6 +6,7 @@
 #include <sys/socket.h>
 
 #include <algorithm>
+#include <charconv>
 
 namespace mtls {
 namespace pg {
@@ -228,7 +229,58 @@ std::string conninfo::parse(std::string_view text)
         return "\"service\" is not supported: write the parameters out";
     }
 
+    std::string error = check_values();
+    if (!error.empty()) {
+        return error;
+    }
+
     rebuild();
+    return "";
+}
+
+
+// libpq checks these only while connecting; a worker would then fail
+// every connection
+std::string conninfo::check_values() const
+{
+    static const struct {
+        const char *key;
+        std::vector<std::string_view> allowed;
+    } enums[] = {
+        {"sslmode", {"disable", "allow", "prefer", "require", "verify-ca",
+                     "verify-full"}},
+        {"gssencmode", {"disable", "prefer", "require"}},
+        {"channel_binding", {"disable", "prefer", "require"}},
+        {"target_session_attrs", {"any", "read-write", "read-only",
+                                  "primary", "standby", "prefer-standby"}},
+    };
+
+    for (const auto &e : enums) {
+        const std::string *v = get(e.key);
+
+        if (v != nullptr
+            && std::find(e.allowed.begin(), e.allowed.end(), *v)
+               == e.allowed.end())
+        {
+            return "invalid " + std::string(e.key) + " \"" + *v + "\"";
+        }
+    }
+
+    if (const std::string *ports = get("port")) {
+        for (const std::string &p : split_list(*ports)) {
+            int port = 0;
+            auto [end, ec] = std::from_chars(p.data(), p.data() + p.size(),
+                                             port);
+
+            if (!p.empty()
+                && (ec != std::errc() || end != p.data() + p.size()
+                    || port < 1 || port > 65535))
+            {
+                return "invalid port \"" + p + "\"";
+            }
+        }
+    }
+
     return "";
 }
 

@@ -62,6 +62,7 @@ public:
 
 private:
     void rebuild();
+    std::string check_values() const;
 
     std::vector<std::pair<std::string, std::string>> params_;
     std::vector<const char *> keys_{nullptr};

@@ -15,7 +15,7 @@ namespace {
 // Groups come back as hex of their UTF-8 bytes, comma-separated: nothing
 // in a group name can then be mistaken for a separator.
 const char lookup_sql[] =
-    "SELECT 'v', NULL, NULL, NULL, NULL, NULL, s.version::text"
+    "SELECT 'v', s.epoch, NULL, NULL, NULL, NULL, s.version::text"
     "  FROM mtls_identity.state s"
     " UNION ALL "
     "SELECT 'r', NULL, NULL, NULL, NULL, NULL, NULL"
@@ -30,8 +30,16 @@ const char lookup_sql[] =
     "             FROM unnest(i.groups) WITH ORDINALITY AS g(name, n)"
     "            ORDER BY g.n), ','),"
     "       i.enabled::text,"
-    "       ceil(extract(epoch FROM i.valid_from))::bigint::text,"
-    "       floor(extract(epoch FROM i.valid_until))::bigint::text,"
+    "       CASE WHEN i.valid_from = 'infinity'"
+    "            THEN '9223372036854775807'"
+    "            WHEN isfinite(i.valid_from)"
+    "            THEN ceil(extract(epoch FROM i.valid_from))::bigint::text"
+    "       END,"
+    "       CASE WHEN i.valid_until = '-infinity'"
+    "            THEN '-9223372036854775808'"
+    "            WHEN isfinite(i.valid_until)"
+    "            THEN floor(extract(epoch FROM i.valid_until))::bigint::text"
+    "       END,"
     "       NULL"
     "  FROM unnest($5::text[], $6::text[]) AS k(kind, value)"
     "  JOIN mtls_identity.identity i"
@@ -39,7 +47,8 @@ const char lookup_sql[] =
     " WHERE i.key_kind IN ('fingerprint', 'spki')"
     "    OR (i.issuer_dn = $2 AND i.issuer_key_id = $3)";
 
-const char version_sql[] = "SELECT version FROM mtls_identity.state";
+const char version_sql[] =
+    "SELECT version, epoch FROM mtls_identity.state";
 
 // 1001 rows at most: a listener further behind drops its whole cache
 const char changes_sql[] =
@@ -77,7 +86,7 @@ bool read_groups(std::string_view text, std::vector<std::string> &out)
         std::string_view item = text.substr(0, comma);
         std::string group;
 
-        if (item.empty() || item.size() % 2 != 0) {
+        if (item.size() % 2 != 0) {
             return false;
         }
 
@@ -190,6 +199,7 @@ std::optional<mtls::lookup> read_lookup(const PGresult *res,
 
         if (tag == "v") {
             versioned = read_int(PQgetvalue(res, row, 6), facts.version);
+            facts.epoch = PQgetvalue(res, row, 1);
 
             if (!versioned) {
                 error = "the change version cannot be read";
@@ -224,17 +234,19 @@ std::optional<mtls::lookup> read_lookup(const PGresult *res,
 }
 
 
-std::optional<std::int64_t> read_version(const PGresult *res)
+std::optional<state> read_version(const PGresult *res)
 {
-    std::int64_t v;
+    state st;
 
-    if (PQntuples(res) != 1 || PQnfields(res) != 1
-        || !read_int(PQgetvalue(res, 0, 0), v))
+    if (PQntuples(res) != 1 || PQnfields(res) != 2
+        || !read_int(PQgetvalue(res, 0, 0), st.version)
+        || PQgetisnull(res, 0, 1))
     {
         return std::nullopt;
     }
 
-    return v;
+    st.epoch = PQgetvalue(res, 0, 1);
+    return st;
 }
 
 

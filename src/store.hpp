@@ -33,7 +33,7 @@ struct statement {
 // every kind, revocation, and the change version, in one snapshot.
 extern const statement lookup;
 
-// The change version: SELECT version FROM mtls_identity.state.
+// The change version and the schema's epoch, from mtls_identity.state.
 extern const statement version;
 
 // The changes after a version, oldest first.
@@ -48,8 +48,13 @@ lookup_params(const cert_identity &id);
 std::optional<mtls::lookup> read_lookup(const PGresult *res,
                                         std::string &error);
 
+struct state {
+    std::int64_t version = 0;
+    std::string epoch;
+};
+
 // Reads the result of `version`.
-std::optional<std::int64_t> read_version(const PGresult *res);
+std::optional<state> read_version(const PGresult *res);
 
 // Reads the result of `changes`; nothing when a row cannot be read.
 std::optional<std::vector<change>> read_changes(const PGresult *res);

@@ -196,7 +196,7 @@ for my $round (1, 2) {
     # CR LF in a group name: percent-encoded, decoded back by Django
     $r = ask(cert => 'slash');
     is $r->{status}, 200, "a group name with CR LF: 200 ($round)";
-    is seen($r)->{'X-Mtls-Identity-Groups'}, 'api,ops%0D%0AX-Injected: yes',
+    is seen($r)->{'X-Mtls-Identity-Groups'}, 'api,ops%0D%0AX-Injected:%20yes',
         "  percent-encoded in the header ($round)";
     is_deeply extra_headers($r), [], "  no header of its own ($round)";
     $r = ask(cert => 'slash', path => '/whoami');

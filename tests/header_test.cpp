@@ -8,7 +8,9 @@ TEST_CASE("every spelling of the module's headers is reserved")
 {
     for (const char *name : {"X-Mtls-Identity", "x-mtls-identity",
                              "X_Mtls_Identity", "X-MTLS-IDENTITY-GROUPS",
-                             "x_mtls-identity_key", "X-Mtls-IdentityX"})
+                             "x_mtls-identity_key", "X-Mtls-IdentityX",
+                             "X.Mtls.Identity", "X Mtls Identity",
+                             "X[Mtls]Identity"})
     {
         INFO(name);
         CHECK(mtls::is_reserved_header(name, {}));
@@ -37,6 +39,15 @@ TEST_CASE("strip patterns match exact names and prefixes")
 }
 
 
+TEST_CASE("a strip pattern keeps its trailing * when normalised")
+{
+    CHECK(mtls::normalize_pattern("X-SSL-Client-*") == "x-ssl-client-*");
+    CHECK(mtls::normalize_pattern("Remote_User") == "remote-user");
+    CHECK(mtls::is_reserved_header("X-SSL-Client-S-DN",
+                                   {mtls::normalize_pattern("X-SSL-*")}));
+}
+
+
 TEST_CASE("a strip pattern must be a header name or a prefix and *")
 {
     CHECK(mtls::check_strip_pattern("X-Client-Verify") == "");
@@ -52,7 +63,14 @@ TEST_CASE("a strip pattern must be a header name or a prefix and *")
 TEST_CASE("percent-encoding leaves printable names alone")
 {
     CHECK(mtls::percent_encode("svc-alpha") == "svc-alpha");
-    CHECK(mtls::percent_encode("ops team") == "ops team");
+    CHECK(mtls::percent_encode("a.b@c_d+e") == "a.b@c_d+e");
+}
+
+
+TEST_CASE("percent-encoding hides spaces a parser would trim")
+{
+    CHECK(mtls::percent_encode(" admin ") == "%20admin%20");
+    CHECK(mtls::percent_encode("ops team") == "ops%20team");
 }
 
 

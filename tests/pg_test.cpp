@@ -49,6 +49,19 @@ TEST_CASE("a parse error never repeats a password")
 }
 
 
+TEST_CASE("values libpq would refuse only when connecting are refused")
+{
+    mtls::pg::conninfo info;
+
+    CHECK(info.parse("dbname=d sslmode=bogus").find("sslmode")
+          != std::string::npos);
+    CHECK(info.parse("dbname=d port=abc").find("port") != std::string::npos);
+    CHECK(info.parse("dbname=d port=70000") != "");
+    CHECK(info.parse("dbname=d gssencmode=maybe") != "");
+    CHECK(info.parse("host=a,b port=5432,5433 sslmode=verify-full") == "");
+}
+
+
 TEST_CASE("the summary for the log leaves the password out")
 {
     mtls::pg::conninfo info;

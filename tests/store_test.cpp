@@ -201,6 +201,47 @@ TEST_CASE("a result of another shape is an error, not an empty lookup")
 }
 
 
+TEST_CASE("the state row gives the change version and the epoch")
+{
+    auto res = make_result({{"42", "3f1c"}}, 2);
+
+    auto st = mtls::store::read_version(res.get());
+
+    REQUIRE(st);
+    CHECK(st->version == 42);
+    CHECK(st->epoch == "3f1c");
+}
+
+
+TEST_CASE("a lookup carries the epoch it was read in")
+{
+    row_t v = {"v", "3f1c", nullptr, nullptr, nullptr, nullptr, "7"};
+    auto res = make_result({v});
+    std::string error;
+
+    auto facts = mtls::store::read_lookup(res.get(), error);
+
+    REQUIRE(facts);
+    CHECK(facts->epoch == "3f1c");
+}
+
+
+TEST_CASE("an empty group name is kept apart, not an error")
+{
+    auto res = make_result({
+        version_row,
+        {"spki", "x", "617069,,6f7073", "true", nullptr, nullptr, nullptr},
+    });
+    std::string error;
+
+    auto facts = mtls::store::read_lookup(res.get(), error);
+
+    REQUIRE(facts);
+    CHECK(facts->grants[0].groups
+          == std::vector<std::string>{"api", "", "ops"});
+}
+
+
 TEST_CASE("a change log is read into changes")
 {
     auto res = make_result({{"7", "28dc20d92f650a6c"}, {"8", "*"}}, 2);
