@@ -157,6 +157,7 @@ struct srv_conf_t {
     unsigned         uses_module:1;
     unsigned         forwards:1;       /* identity headers upstream */
     unsigned         has_upstream:1;
+    unsigned         name_keys:1;      /* maps by a name, not a hash */
 };
 
 
@@ -1552,6 +1553,93 @@ finish(ngx_http_request_t *r, request_state_t *st, loc_conf_t *lcf,
 }
 
 
+/*
+ * Subrequests (SSI includes, auth_request, mirror) skip the access
+ * phase, and share the main request's headers, identity headers
+ * included.  A location with the module on decides for them here, in the
+ * precontent phase, from what the main request's lookup found: a
+ * subrequest starts no lookup of its own.
+ * TODO(subrequest): park a subrequest on a lookup of its own, for a main
+ * request decided nowhere, if users need the module only in subrequests.
+ */
+
+ngx_int_t
+subrequest_handler(ngx_http_request_t *r)
+{
+    if (r == r->main) {
+        return NGX_DECLINED;
+    }
+
+    auto *lcf = static_cast<loc_conf_t *>(
+        ngx_http_get_module_loc_conf(r, ngx_http_mtls_identity_module));
+
+    if (lcf->mode == static_cast<ngx_uint_t>(mode_t::off)) {
+        return NGX_DECLINED;
+    }
+
+    log_action  action(r->connection->log,
+                       "checking the identity of a subrequest");
+
+    const mtls::cert_identity  *id = nullptr;
+    request_state_t            *st = find_state(r);
+    mtls::reason                why = mtls::reason::unknown;
+
+    try {
+        cert_state_t cert = connection_identity(r, &id);
+
+        if (cert == cert_state_t::none) {
+            why = mtls::reason::no_cert;
+
+        } else if (cert == cert_state_t::unverified) {
+            why = mtls::reason::unverified;
+
+        } else if (st != nullptr && st->phase == phase_t::failed) {
+            why = mtls::reason::db_unavailable;
+
+        } else if (id != nullptr && id->ok() && st != nullptr
+                   && st->phase == phase_t::answered)
+        {
+            std::optional<mtls::lookup> facts = mtls::decode(
+                std::string_view(reinterpret_cast<char *>(st->facts.data),
+                                 st->facts.len));
+
+            why = facts ? mtls::decide(*facts, lcf->policy->kinds,
+                                       lcf->policy->groups, ngx_time()).why
+                        : mtls::reason::db_unavailable;
+
+        } else if (id != nullptr && id->ok()) {
+            ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                          "mtls identity: the main request made no lookup "
+                          "this subrequest could use: enable the module "
+                          "for the main request's location too");
+        }
+
+    } catch (const std::exception &e) {
+        ngx_log_error(NGX_LOG_ALERT, r->connection->log, 0,
+                      "mtls identity: %s", e.what());
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    if (why == mtls::reason::ok) {
+        return NGX_DECLINED;
+    }
+
+    std::string_view  name = mtls::name_of(why);
+    bool              report = lcf->mode
+                               == static_cast<ngx_uint_t>(mode_t::report);
+
+    ngx_log_error(NGX_LOG_INFO, r->connection->log, 0,
+                  report ? "mtls identity: would deny a subrequest (%*s), "
+                           "certificate %s"
+                         : "mtls identity: subrequest denied (%*s), "
+                           "certificate %s",
+                  name.size(), name.data(),
+                  id != nullptr ? id->fingerprint.c_str() : "-");
+
+    return report ? NGX_DECLINED : status_of(why);
+}
+
+
 ngx_int_t
 access_handler(ngx_http_request_t *r)
 {
@@ -2868,6 +2956,18 @@ note_location(ngx_conf_t *cf, loc_conf_t *conf)
         scf->uses_module = 1;
         scf->forwards = scf->forwards || conf->headers;
 
+        if (conf->kinds != nullptr) {
+            auto *kinds = static_cast<ngx_str_t *>(conf->kinds->elts);
+
+            for (ngx_uint_t i = 0; i < conf->kinds->nelts; i++) {
+                scf->name_keys = scf->name_keys
+                                 || (ngx_strcmp(kinds[i].data,
+                                                "fingerprint") != 0
+                                     && ngx_strcmp(kinds[i].data,
+                                                   "spki") != 0);
+            }
+        }
+
         if (mode == mode_t::on && clcf->satisfy == NGX_HTTP_SATISFY_ANY
             && scf->satisfy_place.line == 0)
         {
@@ -3592,7 +3692,8 @@ to_string(const ngx_str_t &s)
 
 ngx_uint_t
 check_trust_of(ngx_conf_t *cf, ngx_http_core_srv_conf_t *cscf,
-    ngx_http_ssl_srv_conf_t *sscf, std::set<std::string> &seen)
+    ngx_http_ssl_srv_conf_t *sscf, bool name_keys,
+    std::set<std::string> &seen)
 {
     mtls::trust_input  in;
 
@@ -3601,12 +3702,14 @@ check_trust_of(ngx_conf_t *cf, ngx_http_core_srv_conf_t *cscf,
     in.crl_file = to_string(sscf->crl);
     in.verify_depth = static_cast<int>(sscf->verify_depth);
     in.now = ngx_time();
+    in.name_keys = name_keys;
 
     /* servers that inherit the same files are checked once */
 
     std::string key = in.trust_file + '\n' + in.trusted_file + '\n'
                       + in.crl_file + '\n'
-                      + std::to_string(in.verify_depth);
+                      + std::to_string(in.verify_depth)
+                      + (name_keys ? "\nnames" : "");
 
     if (!seen.insert(key).second) {
         return 0;
@@ -3695,7 +3798,7 @@ check_server(ngx_conf_t *cf, ngx_http_core_srv_conf_t *cscf, bool audit,
     }
 
     if (verify != 0) {
-        errors += check_trust_of(cf, cscf, sscf, seen);
+        errors += check_trust_of(cf, cscf, sscf, scf->name_keys, seen);
     }
 
     return errors;
@@ -3841,6 +3944,14 @@ postconfiguration(ngx_conf_t *cf)
     }
 
     *h = access_handler;
+
+    h = static_cast<ngx_http_handler_pt *>(
+        ngx_array_push(&cmcf->phases[NGX_HTTP_PRECONTENT_PHASE].handlers));
+    if (h == nullptr) {
+        return NGX_ERROR;
+    }
+
+    *h = subrequest_handler;
 
     ngx_pool_cleanup_t *cln = ngx_pool_cleanup_add(cf->pool, 0);
     if (cln == nullptr) {

@@ -253,6 +253,9 @@ std::string keys_of(X509 *cert, cert_identity &id)
         return "serial number cannot be decoded";
     }
 
+    // TODO(identity): bind to the key that signed the leaf rather than the
+    // names it carries, once a resumed session can tell which CA that was
+    // (nginx keeps no verified chain across resumption).
     const ASN1_OCTET_STRING *akid = X509_get0_authority_key_id(cert);
     if (akid != nullptr) {
         id.issuer_key_id = hex(ASN1_STRING_get0_data(akid),

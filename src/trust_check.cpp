@@ -244,6 +244,12 @@ public:
         }
     }
 
+    std::size_t roots() const
+    {
+        return static_cast<std::size_t>(
+            std::count(root_.begin(), root_.end(), true));
+    }
+
     // see chain_depth()
     int depth(std::size_t i)
     {
@@ -616,6 +622,20 @@ std::vector<finding> check_trust(const trust_input &in)
     ca_graph graph(distinct);
 
     check_depth(in, cas, graph, out);
+
+    // a leaf's issuer name and key identifier are whatever its issuer
+    // wrote: under a second root, a CA can copy another hierarchy's
+    // issuing CA, unless that CA itself is trusted (OpenSSL then builds
+    // the chain with the trusted one, and the copy's leaves fail)
+    if (in.name_keys && graph.roots() > 1) {
+        report(out, level::warning, source::client_certificate,
+               "identities are mapped by name, and the trust files hold "
+               + std::to_string(graph.roots()) + " root CAs: a CA under "
+               "one root could copy the name and key identifier of an "
+               "issuing CA under another; put every CA that issues client "
+               "certificates in ssl_client_certificate, or map by "
+               "fingerprint or spki");
+    }
 
     // CRLs count only when ssl_crl turns checking on
     if (crls_read) {

@@ -44,6 +44,10 @@ struct trust_input {
 
     int verify_depth = 1;      // nginx's default
     std::int64_t now = 0;      // seconds since the epoch
+
+    // some location maps identities by subject, issuer and serial or a
+    // SAN: bound to the issuer name and key identifier the leaf carries
+    bool name_keys = false;
 };
 
 // More CAs than this in ssl_client_certificate earn a warning.
