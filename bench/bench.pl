@@ -98,7 +98,13 @@ for my $f (qw(alpha.crt alpha.key)) {
     chmod 0644, "$TMP/certs/$f";
 }
 
+# nginx maps the module it loads: a private copy, so that a rebuild
+# while the bench runs never changes the file under a running nginx
 -f $MODULE or die "no module at $MODULE: run make module\n";
+copy($MODULE, "$TMP/ngx_http_mtls_identity_module.so")
+    or die "copy $MODULE: $!";
+$MODULE = "$TMP/ngx_http_mtls_identity_module.so";
+chmod 0644, $MODULE;
 
 my @report;
 sub say_ { push @report, join('', @_) }
@@ -371,7 +377,8 @@ CONF
 
 my $proxy = Bench::Nginx->new(
     dir => $TMP, name => 'load-proxy', core => $LOAD,
-    ports => [map { $PORT{"load_$_"} } qw(floor hit miss auth fill)],
+    ports => [map { $PORT{"load_$_"} } qw(floor hit miss auth rev1 rev2
+                                          fill)],
     conf => <<"CONF");
 worker_processes 1;
 error_log logs/error.log warn;
@@ -385,8 +392,9 @@ http {
 $load_conf}
 CONF
 
+# all at once: a port picked now and bound later could be taken by then
 progress('starting nginx: the servers under test and the load-side proxy');
-$sut{$_}->start for @VARIANTS;
+$sut{$_}->start for @VARIANTS, qw(rev1 rev2 fill);
 $proxy->start;
 
 
@@ -599,7 +607,6 @@ push @idle, background();
 # revocation latency
 
 progress("revocation latency: $CFG{rounds} rounds on two nginx");
-$sut{$_}->start for qw(rev1 rev2);
 
 my @REV = qw(rev1 rev2);
 my $CAP = 3;                 # seconds a round waits for a denial
@@ -746,7 +753,6 @@ my @fill;
 }
 
 progress("filling a $CFG{zone} zone");
-$sut{fill}->start;
 
 my %fill_result;
 {
@@ -845,6 +851,9 @@ TEXT
     say_('layout:   one core only: nothing is pinned; the core1 column'
          . ' is the whole machine');
 }
+my $nice = (POSIX::nice(0) // 0) + 0;
+say_("priority: every process of the bench at nice $nice (BENCH_NICE)")
+    if $nice;
 say_("load:     wrk -t1 -c$CFG{conns} through the load-side proxy;"
      . " $CFG{runs} runs x $CFG{duration} s per");
 say_("          variant, interleaved, after a $CFG{warmup} s warm-up;"
