@@ -267,11 +267,10 @@ my $DB = qq{    mtls_identity_db "@{[ $pg->conninfo ]}";\n};
 
 my %sut;
 
+# the usual three: who, whether verified, and which certificate
 $sut{floor} = sut(name => 'floor', location => <<'LOC');
             proxy_set_header X-SSL-Client-Verify $ssl_client_verify;
             proxy_set_header X-SSL-Client-S-DN $ssl_client_s_dn;
-            proxy_set_header X-SSL-Client-I-DN $ssl_client_i_dn;
-            proxy_set_header X-SSL-Client-Serial $ssl_client_serial;
             proxy_set_header X-SSL-Client-Fingerprint $ssl_client_fingerprint;
 LOC
 
