@@ -946,8 +946,24 @@ push @targets, [!$rev_fail && $rev_n == $CFG{rounds} && $rev_max <= 1000,
                           . ' rounds (target <= 1000 ms)', $rev_max,
                           $rev_n)];
 
-say_('targets:');
+# the same ratios within each round (runs of a round are adjacent in
+# time): their spread shows how much the machine moved under the bench
+sub round_ratios {
+    my ($a, $b, $k) = @_;
+
+    return map { $runs{$a}[$_]{$k} / $runs{$b}[$_]{$k} }
+        0 .. $CFG{runs} - 1;
+}
+my @hit_rounds = round_ratios('hit', 'floor', 'nginx');
+my @miss_rounds = round_ratios('miss', 'auth', 'server');
+
+say_('targets (medians of the runs):');
 say_(sprintf '%s  %s', $_->[0] ? 'PASS' : 'FAIL', $_->[2]) for @targets;
+say_('  the same ratios round by round:');
+say_('    hit/floor nginx  ', join ' ', map { sprintf '%.3f', $_ }
+     @hit_rounds);
+say_('    miss/auth server ', join ' ', map { sprintf '%.3f', $_ }
+     @miss_rounds);
 say_('');
 
 say_("revocation latency: COMMIT of a revocation -> first 403 (ms),"
@@ -1007,6 +1023,14 @@ for my $v (@VARIANTS) {
 }
 say_(sprintf 'RESULT hit.nginx_vs_floor %.4f ratio', $hit_ratio);
 say_(sprintf 'RESULT miss.server_vs_auth %.4f ratio', $miss_ratio);
+for (['hit.nginx_vs_floor', @hit_rounds],
+     ['miss.server_vs_auth', @miss_rounds])
+{
+    my ($name, @v) = @$_;
+    @v = sort { $a <=> $b } @v;
+    say_(sprintf 'RESULT %s.round_min %.4f ratio', $name, $v[0]);
+    say_(sprintf 'RESULT %s.round_max %.4f ratio', $name, $v[-1]);
+}
 for my $i (@REV) {
     my @l = @{ $lat{$i} // [] };
     next unless @l;
