@@ -58,6 +58,7 @@ my %CFG = (
     runs => setting('BENCH_RUNS', $QUICK ? 2 : 5),
     duration => setting('BENCH_DURATION', $QUICK ? 2 : 10),
     warmup => setting('BENCH_WARMUP', $QUICK ? 1 : 5),
+    settle => setting('BENCH_SETTLE', $QUICK ? 0 : 1),
     conns => setting('BENCH_CONNS', 16),
     rounds => setting('BENCH_REVOKE_ROUNDS', 100),
     identities => setting('BENCH_IDENTITIES', 10000),
@@ -520,7 +521,7 @@ my %roots = (
 # what the machine does while every server of the bench is at rest
 sub background {
     my $s0 = Bench::Cpu::snapshot();
-    sleep 2;
+    sleep $QUICK ? 1 : 2;
     my $d = Bench::Cpu::delta($s0, Bench::Cpu::snapshot());
 
     return [map { 100 * $_ / $d->{wall} } @{ $d->{core} }];
@@ -540,8 +541,8 @@ for my $run (1 .. $CFG{runs}) {
         $n++;
         progress("run $n/$total: $v, $CFG{duration} s");
 
-        # a second at the same load first: the same steady state for all
-        wrk($v, 1);
+        # a moment at the same load first: the same steady state for all
+        wrk($v, $CFG{settle}) if $CFG{settle} > 0;
 
         my %r = %roots;
         $r{nginx} = $sut{$v}->master_pid;
