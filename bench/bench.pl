@@ -44,12 +44,15 @@ my $MODULE = $ENV{MTLS_MODULE}
     || "$ROOT/build/ngx_http_mtls_identity_module.so";
 my $SAVE = grep { $_ eq '--save' } @ARGV;
 
+# a whole number from the environment, at least `min` (default 1)
 sub setting {
-    my ($name, $default) = @_;
+    my ($name, $default, $min) = @_;
     my $v = $ENV{$name};
 
+    $min //= 1;
     return $default unless defined $v && length $v;
-    die "$name must be a positive number\n" unless $v =~ /^\d+(\.\d+)?$/;
+    die "$name must be a whole number of at least $min\n"
+        unless $v =~ /^\d+$/ && $v >= $min;
     return $v;
 }
 
@@ -58,7 +61,7 @@ my %CFG = (
     runs => setting('BENCH_RUNS', $QUICK ? 2 : 5),
     duration => setting('BENCH_DURATION', $QUICK ? 2 : 10),
     warmup => setting('BENCH_WARMUP', $QUICK ? 1 : 5),
-    settle => setting('BENCH_SETTLE', $QUICK ? 0 : 1),
+    settle => setting('BENCH_SETTLE', $QUICK ? 0 : 1, 0),
     conns => setting('BENCH_CONNS', 16),
     rounds => setting('BENCH_REVOKE_ROUNDS', 100),
     identities => setting('BENCH_IDENTITIES', 10000),
@@ -85,6 +88,18 @@ my %WHAT = (
 sub progress { print STDERR "bench: @_\n" }
 
 $SIG{INT} = $SIG{TERM} = sub { die "interrupted\n" };
+
+# every server started, stopped in reverse order at the end, also after
+# a failure: this END runs before File::Temp's, which removes the
+# temporary directory with the servers' pid files
+my @STARTED;
+
+END {
+    local ($?, $@);
+    for my $server (reverse @STARTED) {
+        eval { $server->stop };
+    }
+}
 
 my $TMP = tempdir('mtls-bench-XXXXXX', TMPDIR => 1,
                   CLEANUP => !$ENV{BENCH_KEEP});
@@ -117,6 +132,7 @@ sub say_ { push @report, join('', @_) }
 progress('starting PostgreSQL');
 my $pg = Bench::Pg->new(dir => $TMP, core => $SERVER,
                         schema => "$ROOT/sql/schema.sql");
+push @STARTED, $pg;
 my $dbh = $pg->dbh;
 
 sub fingerprint_of {
@@ -142,7 +158,7 @@ VALUES ('svc-alpha', '{api,bench}', 'fingerprint', ?)
 SQL
 
 # other rows, so that every lookup is an index lookup in tables of a
-# realistic size: identities by fingerprint and by subject, revocations
+# realistic size: identities and revocations by fingerprint
 $dbh->do(<<'SQL', undef, $CFG{identities});
 INSERT INTO mtls_identity.identity (username, groups, key_kind, key_value)
 SELECT 'svc-other-' || g, '{api}', 'fingerprint',
@@ -184,6 +200,7 @@ http {
     }
 }
 CONF
+push @STARTED, $backend;
 
 progress("starting the auth service (gunicorn, $CFG{auth_class})");
 my $auth = spawn("$TMP/auth.log",
@@ -193,6 +210,7 @@ my $auth = spawn("$TMP/auth.log",
            '--workers', 2, '--worker-class', $CFG{auth_class},
            '--threads', 1, '--keep-alive', 300, '--log-level', 'warning',
            'auth_service:application'));
+push @STARTED, $auth;
 wait_port($PORT{authsvc}, 20)
     or die "the auth service does not start:\n" . read_file("$TMP/auth.log");
 
@@ -394,7 +412,11 @@ CONF
 
 # all at once: a port picked now and bound later could be taken by then
 progress('starting nginx: the servers under test and the load-side proxy');
-$sut{$_}->start for @VARIANTS, qw(rev1 rev2 fill);
+for my $name (@VARIANTS, qw(rev1 rev2 fill)) {
+    push @STARTED, $sut{$name};
+    $sut{$name}->start;
+}
+push @STARTED, $proxy;
 $proxy->start;
 
 
