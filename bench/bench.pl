@@ -546,7 +546,9 @@ sub background {
     sleep $QUICK ? 1 : 2;
     my $d = Bench::Cpu::delta($s0, Bench::Cpu::snapshot());
 
-    return [map { 100 * $_ / $d->{wall} } @{ $d->{core} }];
+    # busy ticks and the wall clock are read a moment apart
+    return [map { my $p = 100 * $_ / $d->{wall}; $p > 100 ? 100 : $p }
+            @{ $d->{core} }];
 }
 
 my @idle = (background());
