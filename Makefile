@@ -91,6 +91,12 @@ run: deps
 	@$(MAKE) -s --no-print-directory module
 	@NGINX_BIN=$(NGINX_BIN) MTLS_MODULE=$(CURDIR)/$(MODULE) scripts/run
 
+# measure the module against stock nginx, side by side (bench/README.md);
+# BENCH_QUICK=1 for a smoke run of under a minute
+.PHONY: bench
+bench:
+	bench/run
+
 # regenerate the committed fixture certificates (new keys, new values)
 fixtures:
 	tests/fixtures/make-fixtures.sh
