@@ -868,3 +868,39 @@ TEST_CASE("the checks leave no OpenSSL errors queued")
     CHECK_FALSE(mtls::check_trust(in).empty());
     CHECK(ERR_peek_error() == 0);
 }
+
+
+TEST_CASE("mapping by name under two roots is warned about")
+{
+    temp_dir dir;
+    pki p;
+    mtls::trust_input in = input(dir, p.cas(), {});
+
+    in.crl_file.clear();
+    in.name_keys = true;
+
+    auto found = mtls::check_trust(in);
+
+    INFO(all(found));
+    REQUIRE(found.size() == 1);
+    CHECK(found[0].severity == level::warning);
+    CHECK(found[0].message.find("2 root CAs") != std::string::npos);
+}
+
+
+TEST_CASE("mapping by name under one root, or by key, is not warned about")
+{
+    temp_dir dir;
+    pki p;
+    mtls::trust_input one = input(dir, {p.root_a.cert.get(),
+                                        p.int_a.cert.get()}, {});
+
+    one.crl_file.clear();
+    one.name_keys = true;
+    CHECK(mtls::check_trust(one).empty());
+
+    mtls::trust_input two = input(dir, p.cas(), {});
+
+    two.crl_file.clear();
+    CHECK(mtls::check_trust(two).empty());
+}
