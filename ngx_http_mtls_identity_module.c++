@@ -91,7 +91,7 @@ struct database_t {
  * and every reload agrees on.
  */
 
-constexpr uint32_t  cache_layout = 0x6d740001;   /* bump when changing */
+constexpr uint32_t  cache_layout = 0x6d740002;   /* bump when changing */
 
 struct cache_sh_t {
     uint32_t           layout;
@@ -109,7 +109,7 @@ struct cache_sh_t {
 struct cache_node_t {
     ngx_str_node_t     sn;               /* key: crc32 of the fingerprint */
     ngx_queue_t        lru;
-    u_char             fingerprint[64];
+    u_char             fingerprint[32];  /* SHA-256, as bytes */
     ngx_msec_t         expires;
     time_t             fetched;          /* when the database said so */
     int64_t            version;
@@ -506,11 +506,47 @@ enum class cert_state_t {
 };
 
 
+/*
+ * What the module keeps of a connection's peer certificate on its SSL
+ * object: the identity, and what the lookups and the cache derive from
+ * it, each made once per connection when first needed.
+ */
+
+struct peer_t {
+    mtls::cert_identity                      id;
+    u_char                                   fingerprint[32];
+    std::vector<std::optional<std::string>>  params;     /* of a lookup */
+    std::vector<mtls::key_token>             tokens;     /* for the cache */
+    bool                                     have_params = false;
+    bool                                     have_tokens = false;
+
+    const std::vector<std::optional<std::string>> &lookup_params()
+    {
+        if (!have_params) {
+            params = mtls::store::lookup_params(id);
+            have_params = true;
+        }
+
+        return params;
+    }
+
+    const std::vector<mtls::key_token> &key_tokens()
+    {
+        if (!have_tokens) {
+            tokens = mtls::tokens_of(id);
+            have_tokens = true;
+        }
+
+        return tokens;
+    }
+};
+
+
 void
 free_identity(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx,
     long argl, void *argp)
 {
-    delete static_cast<mtls::cert_identity *>(ptr);
+    delete static_cast<peer_t *>(ptr);
 }
 
 
@@ -519,6 +555,25 @@ free_ex_index(void *data)
 {
     CRYPTO_free_ex_index(CRYPTO_EX_INDEX_SSL,
                          static_cast<main_conf_t *>(data)->ex_index);
+}
+
+
+/* lowercase hex into bytes; returns how many bytes, or 0 */
+
+size_t
+hex_decode(u_char *out, const std::string &hex)
+{
+    for (size_t i = 0; i + 1 < hex.size(); i += 2) {
+        ngx_int_t b = ngx_hextoi(reinterpret_cast<u_char *>(
+                                     const_cast<char *>(hex.data() + i)), 2);
+        if (b == NGX_ERROR) {
+            return 0;
+        }
+
+        out[i / 2] = static_cast<u_char>(b);
+    }
+
+    return hex.size() / 2;
 }
 
 
@@ -597,23 +652,32 @@ connection_identity(ngx_http_request_t *r, const mtls::cert_identity **id)
 
     main_conf_t *mcf = main_conf(r);
 
-    auto *found = static_cast<mtls::cert_identity *>(
-        SSL_get_ex_data(ssl, mcf->ex_index));
+    auto *found = static_cast<peer_t *>(SSL_get_ex_data(ssl, mcf->ex_index));
 
     if (found != nullptr) {
-        *id = found;
+        *id = &found->id;
         return cert_state_t::verified;
     }
 
     log_action  action(c->log, "deriving the client certificate identity");
 
     try {
-        found = new mtls::cert_identity(mtls::derive_identity(cert));
+        found = new peer_t();
+        found->id = mtls::derive_identity(cert);
 
     } catch (const std::bad_alloc &) {
+        delete found;
         ngx_log_error(NGX_LOG_ALERT, c->log, 0,
                       "mtls identity: out of memory");
         return cert_state_t::verified;
+    }
+
+    /* the fingerprint as bytes: the cache's key */
+
+    if (found->id.fingerprint.size() != 64
+        || hex_decode(found->fingerprint, found->id.fingerprint) != 32)
+    {
+        ngx_memzero(found->fingerprint, sizeof(found->fingerprint));
     }
 
     if (SSL_set_ex_data(ssl, mcf->ex_index, found) != 1) {
@@ -623,14 +687,34 @@ connection_identity(ngx_http_request_t *r, const mtls::cert_identity **id)
         return cert_state_t::verified;
     }
 
-    if (!found->ok()) {
+    if (!found->id.ok()) {
         ngx_log_error(NGX_LOG_INFO, c->log, 0,
                       "mtls identity: certificate %s yields no identity: %s",
-                      found->fingerprint.c_str(), found->error.c_str());
+                      found->id.fingerprint.c_str(),
+                      found->id.error.c_str());
     }
 
-    *id = found;
+    *id = &found->id;
     return cert_state_t::verified;
+}
+
+
+/*
+ * The peer of a connection whose identity connection_identity() gave;
+ * nullptr otherwise.
+ */
+
+peer_t *
+connection_peer(ngx_http_request_t *r)
+{
+    ngx_connection_t  *c = r->connection;
+
+    if (c->ssl == nullptr) {
+        return nullptr;
+    }
+
+    return static_cast<peer_t *>(
+        SSL_get_ex_data(c->ssl->connection, main_conf(r)->ex_index));
 }
 
 
@@ -912,13 +996,12 @@ create_state(ngx_http_request_t *r)
  */
 
 cache_node_t *
-cache_find_locked(cache_t *cache, const std::string &fingerprint)
+cache_find_locked(cache_t *cache, const u_char *fingerprint)
 {
     ngx_str_t  name;
 
-    name.data = reinterpret_cast<u_char *>(
-        const_cast<char *>(fingerprint.data()));
-    name.len = fingerprint.size();
+    name.data = const_cast<u_char *>(fingerprint);
+    name.len = sizeof(cache_node_t::fingerprint);
 
     ngx_str_node_t *sn = ngx_str_rbtree_lookup(
         &cache->sh->rbtree, &name, ngx_crc32_short(name.data, name.len));
@@ -949,8 +1032,8 @@ cache_remove_locked(cache_t *cache, cache_node_t *node)
  */
 
 bool
-cache_get(ngx_http_request_t *r, cache_t *cache,
-    const std::string &fingerprint, time_t max_age, ngx_str_t *out)
+cache_get(ngx_http_request_t *r, cache_t *cache, const u_char *fingerprint,
+    time_t max_age, ngx_str_t *out)
 {
     size_t  room = 1024;
 
@@ -1001,8 +1084,8 @@ cache_get(ngx_http_request_t *r, cache_t *cache,
 /* keeps what the database said about a certificate */
 
 void
-cache_put(cache_t *cache, const mtls::cert_identity &id,
-    const mtls::lookup &facts, const std::string &bytes, ngx_log_t *log)
+cache_put(cache_t *cache, peer_t &peer, const mtls::lookup &facts,
+    const std::string &bytes, ngx_log_t *log)
 {
     bool        negative = facts.revoked || facts.grants.empty();
     ngx_msec_t  ttl = negative ? cache->negative_ttl : cache->ttl;
@@ -1011,7 +1094,7 @@ cache_put(cache_t *cache, const mtls::cert_identity &id,
         return;
     }
 
-    std::vector<mtls::key_token> tokens = mtls::tokens_of(id);
+    const std::vector<mtls::key_token> &tokens = peer.key_tokens();
     size_t size = offsetof(cache_node_t, tokens)
                   + tokens.size() * sizeof(uint64_t) + bytes.size();
     bool   full = false;
@@ -1040,7 +1123,7 @@ cache_put(cache_t *cache, const mtls::cert_identity &id,
         return;
     }
 
-    cache_node_t *node = cache_find_locked(cache, id.fingerprint);
+    cache_node_t *node = cache_find_locked(cache, peer.fingerprint);
     if (node != nullptr) {
         cache_remove_locked(cache, node);
     }
@@ -1069,7 +1152,7 @@ cache_put(cache_t *cache, const mtls::cert_identity &id,
         }
 
     } else {
-        ngx_memcpy(node->fingerprint, id.fingerprint.data(),
+        ngx_memcpy(node->fingerprint, peer.fingerprint,
                    sizeof(node->fingerprint));
         node->sn.str.data = node->fingerprint;
         node->sn.str.len = sizeof(node->fingerprint);
@@ -1700,6 +1783,11 @@ access_handler(ngx_http_request_t *r)
     }
 
     cache_t  *cache = main_conf(r)->cache;
+    peer_t   *peer = connection_peer(r);
+
+    if (peer == nullptr) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     try {
         if (st->phase == phase_t::fresh) {
@@ -1710,7 +1798,7 @@ access_handler(ngx_http_request_t *r)
              */
 
             if (cache != nullptr && worker != nullptr && worker->listening
-                && cache_get(r, cache, id->fingerprint, -1, &st->facts))
+                && cache_get(r, cache, peer->fingerprint, -1, &st->facts))
             {
                 st->phase = phase_t::answered;
                 st->cache = "hit";
@@ -1736,7 +1824,8 @@ access_handler(ngx_http_request_t *r)
             /* what the database said a short while ago, if allowed */
 
             if (lcf->stale > 0 && cache != nullptr
-                && cache_get(r, cache, id->fingerprint, lcf->stale, &facts))
+                && cache_get(r, cache, peer->fingerprint, lcf->stale,
+                             &facts))
             {
                 st->cache = "stale";
             }
@@ -2053,14 +2142,11 @@ link_answer(link_t *link)
             phase = st->facts.data != nullptr ? phase_t::answered
                                               : phase_t::failed;
 
-            const mtls::cert_identity  *id;
-            cache_t                    *cache = worker->mcf->cache;
+            cache_t  *cache = worker->mcf->cache;
+            peer_t   *peer = connection_peer(r);
 
-            if (cache != nullptr
-                && connection_identity(r, &id) == cert_state_t::verified
-                && id != nullptr)
-            {
-                cache_put(cache, *id, *facts, bytes, &link->log);
+            if (cache != nullptr && peer != nullptr) {
+                cache_put(cache, *peer, *facts, bytes, &link->log);
             }
         }
     }
@@ -2284,14 +2370,10 @@ link_connect(link_t *link)
 bool
 link_send(link_t *link)
 {
-    ngx_http_request_t         *r = link->waiter->request;
-    const mtls::cert_identity  *id = nullptr;
+    peer_t  *peer = connection_peer(link->waiter->request);
 
-    connection_identity(r, &id);
-
-    if (id == nullptr
-        || !link->pg.send(mtls::store::lookup.name,
-                          mtls::store::lookup_params(*id)))
+    if (peer == nullptr
+        || !link->pg.send(mtls::store::lookup.name, peer->lookup_params()))
     {
         return false;
     }

@@ -107,9 +107,18 @@ void put_u64(std::string &out, std::uint64_t v)
 }
 
 
+void put_u32(std::string &out, std::uint32_t v)
+{
+    for (int i = 0; i < 4; i++) {
+        out.push_back(static_cast<char>((v >> (8 * i)) & 0xff));
+    }
+}
+
+
+// lengths and counts take four bytes: an entry of the cache stays small
 void put_string(std::string &out, std::string_view s)
 {
-    put_u64(out, s.size());
+    put_u32(out, static_cast<std::uint32_t>(s.size()));
     out.append(s.data(), s.size());
 }
 
@@ -133,6 +142,24 @@ public:
         }
 
         rest_.remove_prefix(8);
+        return true;
+    }
+
+    bool u32(std::uint32_t &v)
+    {
+        if (rest_.size() < 4) {
+            return false;
+        }
+
+        v = 0;
+
+        for (int i = 0; i < 4; i++) {
+            v |= static_cast<std::uint32_t>(
+                     static_cast<unsigned char>(rest_[i]))
+                 << (8 * i);
+        }
+
+        rest_.remove_prefix(4);
         return true;
     }
 
@@ -161,9 +188,9 @@ public:
 
     bool string(std::string &s)
     {
-        std::uint64_t len;
+        std::uint32_t len;
 
-        if (!u64(len) || len > rest_.size()) {
+        if (!u32(len) || len > rest_.size()) {
             return false;
         }
 
@@ -179,7 +206,7 @@ private:
 };
 
 
-constexpr std::uint8_t encoding_version = 1;
+constexpr std::uint8_t encoding_version = 2;
 
 }  // namespace
 
@@ -309,7 +336,7 @@ std::string encode(const lookup &facts)
     out.push_back(static_cast<char>(encoding_version));
     put_u64(out, static_cast<std::uint64_t>(facts.version));
     out.push_back(facts.revoked ? 1 : 0);
-    put_u64(out, facts.grants.size());
+    put_u32(out, static_cast<std::uint32_t>(facts.grants.size()));
 
     for (const grant &g : facts.grants) {
         out.push_back(static_cast<char>(g.kind));
@@ -318,7 +345,7 @@ std::string encode(const lookup &facts)
         put_u64(out, static_cast<std::uint64_t>(g.valid_from));
         put_u64(out, static_cast<std::uint64_t>(g.valid_until));
         put_string(out, g.username);
-        put_u64(out, g.groups.size());
+        put_u32(out, static_cast<std::uint32_t>(g.groups.size()));
 
         for (const std::string &group : g.groups) {
             put_string(out, group);
@@ -334,25 +361,25 @@ std::optional<lookup> decode(std::string_view bytes)
     reader in(bytes);
     lookup facts;
     std::uint8_t version, revoked;
-    std::uint64_t count;
+    std::uint32_t count;
 
     if (!in.byte(version) || version != encoding_version
         || !in.i64(facts.version) || !in.byte(revoked) || revoked > 1
-        || !in.u64(count) || count > bytes.size())
+        || !in.u32(count) || count > bytes.size())
     {
         return std::nullopt;
     }
 
     facts.revoked = revoked == 1;
 
-    for (std::uint64_t i = 0; i < count; i++) {
+    for (std::uint32_t i = 0; i < count; i++) {
         grant g;
         std::uint8_t kind, flags;
-        std::uint64_t groups;
+        std::uint32_t groups;
 
         if (!in.byte(kind) || kind >= key_kind_count || !in.byte(flags)
             || flags > 3 || !in.i64(g.valid_from) || !in.i64(g.valid_until)
-            || !in.string(g.username) || !in.u64(groups)
+            || !in.string(g.username) || !in.u32(groups)
             || groups > bytes.size())
         {
             return std::nullopt;
@@ -362,7 +389,7 @@ std::optional<lookup> decode(std::string_view bytes)
         g.enabled = (flags & 1) != 0;
         g.unusable = (flags & 2) != 0;
 
-        for (std::uint64_t k = 0; k < groups; k++) {
+        for (std::uint32_t k = 0; k < groups; k++) {
             std::string group;
 
             if (!in.string(group)) {
