@@ -4089,6 +4089,7 @@ new_link(ngx_cycle_t *cycle, main_conf_t *mcf)
 
     link->pg.setup("SET statement_timeout = "
                    + std::to_string(mcf->timeout * 9 / 10 + 1));
+    link->pg.setup(mtls::store::check_version);
 
     return link;
 }

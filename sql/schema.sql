@@ -1,7 +1,11 @@
 -- The allowlist and revocation list that ngx_http_mtls_identity_module
--- reads, version 1.  Apply with:
+-- reads, version 2.  Apply with:
 --
 --     psql -v ON_ERROR_STOP=1 -f sql/schema.sql DBNAME
+--
+-- Applying it again is safe, and brings a database made by an earlier
+-- version up to this one; the module checks the version when it
+-- connects.
 --
 -- Every key is stored in the canonical text form the module derives from
 -- the certificate (README.md, "Identity keys"); constraints refuse any
@@ -190,6 +194,11 @@ CREATE TABLE IF NOT EXISTS mtls_identity.state (
     epoch       text        NOT NULL DEFAULT gen_random_uuid()::text
 );
 
+-- version 1 had no epoch
+ALTER TABLE mtls_identity.state
+    ADD COLUMN IF NOT EXISTS epoch text NOT NULL
+        DEFAULT gen_random_uuid()::text;
+
 INSERT INTO mtls_identity.state (one, version) VALUES (true, 0)
     ON CONFLICT DO NOTHING;
 
@@ -315,7 +324,7 @@ END
 $$;
 
 
-INSERT INTO mtls_identity.schema_version (version) VALUES (1)
+INSERT INTO mtls_identity.schema_version (version) VALUES (1), (2)
     ON CONFLICT DO NOTHING;
 
 COMMIT;

@@ -169,8 +169,15 @@ std::string message_of(const PGconn *conn)
 }
 
 
+// the server's own words when it sent them, without its context lines
 std::string message_of(const PGresult *res)
 {
+    const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
+    if (primary != nullptr) {
+        return one_line(primary);
+    }
+
     return one_line(PQresultErrorMessage(res));
 }
 

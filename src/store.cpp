@@ -155,6 +155,15 @@ bool read_grant(const PGresult *res, int row, key_kind kind, grant &g)
 
 const char *const channel = "mtls_identity";
 
+const char *const check_version =
+    "DO $$ BEGIN"
+    " IF coalesce((SELECT max(version)"
+    "              FROM mtls_identity.schema_version), 0) < 2 THEN"
+    "  RAISE EXCEPTION 'the mtls_identity schema is older than version 2:"
+    " apply sql/schema.sql again';"
+    " END IF;"
+    " END $$";
+
 const statement lookup = {"mtls_identity_lookup", lookup_sql, 6};
 const statement version = {"mtls_identity_version", version_sql, 0};
 const statement changes = {"mtls_identity_changes", changes_sql, 1};

@@ -23,6 +23,10 @@ namespace store {
 // the NOTIFY channel of the schema's triggers
 extern const char *const channel;
 
+// A statement that fails, with a message saying what to do, unless the
+// schema is at the version this module reads.
+extern const char *const check_version;
+
 struct statement {
     const char *name;
     const char *sql;

@@ -114,6 +114,30 @@ sleep 2.5;
 isnt $r[0], 200, 'another database without beta: beta refused';
 isnt $r[2], 'hit', "  not from the first database's cache";
 
+# a database made by the first version of the schema, without an epoch:
+# the module says what to do, and applying the schema again fixes it
+$other->sql('ALTER TABLE mtls_identity.state DROP COLUMN epoch;'
+            . ' DELETE FROM mtls_identity.schema_version WHERE version = 2');
+$nginx->reload(http => config($other));
+sleep 1.5;
+
+@r = ask('beta', $nginx->port);
+is $r[0], 503, 'a schema of version 1: 503';
+like $nginx->error_log,
+    qr/\[error\].*the mtls_identity schema is older than version 2: apply sql\/schema\.sql again/,
+    '  and the log says to apply the schema again';
+
+$other->sql_file($Mtls::Pg::SCHEMA);
+$other->enrol(username => 'svc-beta', value => fp('beta'));
+
+my $fixed;
+for (1 .. 40) {
+    @r = ask('beta', $nginx->port);
+    last if ($fixed = $r[0] == 200);
+    sleep 0.1;
+}
+ok $fixed, 'after applying the schema again, lookups work without a reload';
+
 $nginx->stop;
 is_deeply [$nginx->problems], [], 'no alert, emerg or crashed worker';
 
