@@ -3895,6 +3895,40 @@ check_server(ngx_conf_t *cf, ngx_http_core_srv_conf_t *cscf, bool audit,
  * headers.
  */
 
+/* what a server sends upstream that a loose header parser weakens */
+
+const char *
+exposure(srv_conf_t *scf, bool audit)
+{
+    if (scf->forwards) {
+        return "forwards identity headers";
+    }
+
+    return audit && scf->has_upstream ? "hands requests to an upstream"
+                                      : nullptr;
+}
+
+
+void
+warn_header_parsing(ngx_conf_t *cf, ngx_http_core_srv_conf_t *cscf,
+    const char *setting, const char *fix, ngx_str_t *addr,
+    ngx_http_core_srv_conf_t *exposed, const char *what)
+{
+    if (exposed == cscf) {
+        ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                      "the server in %s:%ui has \"%s\" and %s: use \"%s\"",
+                      cscf->file_name, cscf->line, setting, what, fix);
+        return;
+    }
+
+    ngx_log_error(NGX_LOG_WARN, cf->log, 0,
+                  "the server in %s:%ui has \"%s\" on %V, where the server "
+                  "in %s:%ui %s: use \"%s\"",
+                  cscf->file_name, cscf->line, setting, addr,
+                  exposed->file_name, exposed->line, what, fix);
+}
+
+
 void
 check_addresses(ngx_conf_t *cf, ngx_http_core_main_conf_t *cmcf, bool audit)
 {
@@ -3911,20 +3945,21 @@ check_addresses(ngx_conf_t *cf, ngx_http_core_main_conf_t *cmcf, bool audit)
         for (ngx_uint_t a = 0; a < ports[p].addrs.nelts; a++) {
             auto **servers = static_cast<ngx_http_core_srv_conf_t **>(
                 addrs[a].servers.elts);
-            ngx_http_core_srv_conf_t *forwarding = nullptr;
+            ngx_http_core_srv_conf_t  *exposed = nullptr;
+            const char                *what = nullptr;
 
             for (ngx_uint_t i = 0; i < addrs[a].servers.nelts; i++) {
-                auto *scf = static_cast<srv_conf_t *>(
+                what = exposure(static_cast<srv_conf_t *>(
                     servers[i]->ctx->srv_conf[
-                        ngx_http_mtls_identity_module.ctx_index]);
+                        ngx_http_mtls_identity_module.ctx_index]), audit);
 
-                if (scf->forwards || (audit && scf->has_upstream)) {
-                    forwarding = servers[i];
+                if (what != nullptr) {
+                    exposed = servers[i];
                     break;
                 }
             }
 
-            if (forwarding == nullptr) {
+            if (exposed == nullptr) {
                 continue;
             }
 
@@ -3932,27 +3967,17 @@ check_addresses(ngx_conf_t *cf, ngx_http_core_main_conf_t *cmcf, bool audit)
                 ngx_http_core_srv_conf_t *cscf = servers[i];
 
                 if (cscf->underscores_in_headers) {
-                    ngx_log_error(NGX_LOG_WARN, cf->log, 0,
-                                  "the server in %s:%ui has "
-                                  "\"underscores_in_headers on\" on %V, "
-                                  "where the server in %s:%ui forwards "
-                                  "identity headers: use "
-                                  "\"underscores_in_headers off\"",
-                                  cscf->file_name, cscf->line,
-                                  &addrs[a].opt.addr_text,
-                                  forwarding->file_name, forwarding->line);
+                    warn_header_parsing(cf, cscf, "underscores_in_headers on",
+                                        "underscores_in_headers off",
+                                        &addrs[a].opt.addr_text, exposed,
+                                        what);
                 }
 
                 if (!cscf->ignore_invalid_headers) {
-                    ngx_log_error(NGX_LOG_WARN, cf->log, 0,
-                                  "the server in %s:%ui has "
-                                  "\"ignore_invalid_headers off\" on %V, "
-                                  "where the server in %s:%ui forwards "
-                                  "identity headers: use "
-                                  "\"ignore_invalid_headers on\"",
-                                  cscf->file_name, cscf->line,
-                                  &addrs[a].opt.addr_text,
-                                  forwarding->file_name, forwarding->line);
+                    warn_header_parsing(cf, cscf, "ignore_invalid_headers off",
+                                        "ignore_invalid_headers on",
+                                        &addrs[a].opt.addr_text, exposed,
+                                        what);
                 }
             }
         }
