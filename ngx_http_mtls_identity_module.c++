@@ -2641,7 +2641,13 @@ poll_handler(ngx_event_t *ev)
     if (link->pg.status() == mtls::pg::connection::state::idle
         && worker->sync == worker_t::sync_t::none)
     {
-        listener_sync(link);
+        try {
+            listener_sync(link);
+
+        } catch (const std::exception &e) {
+            ngx_log_error(NGX_LOG_ALERT, ev->log, 0, "mtls identity: %s",
+                          e.what());
+        }
     }
 
     ngx_add_timer(&worker->poll, worker->mcf->poll);
