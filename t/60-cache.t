@@ -17,15 +17,15 @@ use Test::More;
 use Time::HiRes qw(sleep time);
 
 use Mtls::Client;
+use Mtls::Dump;
 use Mtls::Echo;
 use Mtls::Fixture;
 use Mtls::Nginx;
 use Mtls::Pg;
-use Mtls::Slow;
 
 my $pg = Mtls::Pg->new(settings => { log_statement => "'all'" });
 my $echo = Mtls::Echo->new;
-my $slow = Mtls::Slow->new(seconds => 2);
+my $slow = Mtls::Dump->new(delay => 2);
 
 sub fp { Mtls::Fixture::expect($_[0])->{fingerprint}[0] }
 

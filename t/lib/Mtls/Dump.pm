@@ -2,9 +2,11 @@ package Mtls::Dump;
 
 # An upstream that answers every request with the exact head it received
 # (request line and every header line, in order, duplicates included), so
-# a test sees what the application's HTTP parser would see.
+# a test sees what the application's HTTP parser would see.  With
+# `delay`, it pauses that many seconds before answering, so a client's
+# next request on the same connection comes later.
 #
-#   my $dump = Mtls::Dump->new;
+#   my $dump = Mtls::Dump->new;              # or ->new(delay => 2)
 #   ... proxy_pass http://127.0.0.1:$dump->{port}; ...
 #   my @values = Mtls::Dump::values($body, 'X-Mtls-Identity');
 
@@ -13,9 +15,11 @@ use warnings;
 
 use IO::Socket::INET;
 use POSIX ();
+use Time::HiRes ();
 
 sub new {
-    my ($class) = @_;
+    my ($class, %o) = @_;
+    my $delay = $o{delay} // 0;
 
     my $listen = IO::Socket::INET->new(
         Listen => 16, LocalAddr => '127.0.0.1', LocalPort => 0,
@@ -23,6 +27,8 @@ sub new {
 
     my $pid = fork // die "fork: $!";
 
+    # the children leave with _exit: a plain exit would run the test's
+    # destructors and stop its nginx and PostgreSQL
     if ($pid == 0) {
         $SIG{TERM} = sub { POSIX::_exit(0) };
 
@@ -35,6 +41,7 @@ sub new {
                 $head .= $line;
             }
 
+            Time::HiRes::sleep($delay) if $delay;
             print $client "HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n"
                         . "Content-Length: " . length($head) . "\r\n\r\n"
                         . $head;
