@@ -76,11 +76,15 @@ bool is_keyword(std::string_view word)
 }
 
 
-// libpq's parse errors quote what they could not read, which may be a
-// password written without its keyword: keep only quoted keywords, and
-// the name left of "=" that libpq calls an invalid option
+// libpq's parse errors quote what they could not read, which may hold a
+// password, quotes included.  Keep a quoted part only when it is a
+// keyword, one of the separators libpq's messages name, or the option
+// name of "invalid connection option"; at the first other one, mask it
+// and drop the rest of the message, since where a value with quotes in
+// it ends cannot be told.
 std::string scrub(std::string_view text)
 {
+    static constexpr std::string_view separators[] = {"=", "]", ":", "/"};
     std::string out;
     bool names_option = text.substr(0, 25) == "invalid connection option";
 
@@ -92,17 +96,26 @@ std::string scrub(std::string_view text)
             break;
         }
 
-        std::size_t close = text.find('"', open + 1);
+        out.append(text.substr(0, open + 1));
 
-        if (close == std::string_view::npos) {
-            out.append(text.substr(0, open));
+        std::size_t close = text.find('"', open + 1);
+        std::string_view quoted = close == std::string_view::npos
+                                  ? std::string_view()
+                                  : text.substr(open + 1, close - open - 1);
+        bool keep = close != std::string_view::npos
+                    && (names_option || is_keyword(quoted)
+                        || std::find(std::begin(separators),
+                                     std::end(separators), quoted)
+                           != std::end(separators));
+
+        names_option = false;
+
+        if (!keep) {
+            out.append("...\"");
             break;
         }
 
-        std::string_view quoted = text.substr(open + 1, close - open - 1);
-
-        out.append(text.substr(0, open + 1));
-        out.append(names_option || is_keyword(quoted) ? quoted : "...");
+        out.append(quoted);
         out.push_back('"');
         text.remove_prefix(close + 1);
     }

@@ -49,6 +49,38 @@ TEST_CASE("a parse error never repeats a password")
 }
 
 
+TEST_CASE("a parse error never repeats a password with quotes in it")
+{
+    mtls::pg::conninfo info;
+    const char *bad[] = {
+        "postgresql://app:pw\"TopSecret%zz@127.0.0.1/app",
+        "postgresql://app:ab\"TopSecret@[::1/app",
+        "postgresql://app@127.0.0.1/app?password=ab\"TopSecret%zz",
+        "postgresql://app:a\"b\"TopSecret%zz@127.0.0.1/app",
+        "dbname=app pass\"word TopSecret",
+    };
+
+    for (const char *text : bad) {
+        std::string e = info.parse(text);
+
+        INFO(text);
+        CHECK_FALSE(e.empty());
+        CHECK(e.find("TopSecret") == std::string::npos);
+    }
+}
+
+
+TEST_CASE("a parse error still names the option or separator at fault")
+{
+    mtls::pg::conninfo info;
+
+    CHECK(info.parse("dbname=app passwrd=x").find("\"passwrd\"")
+          != std::string::npos);
+    CHECK(info.parse("dbname=app s3cret").find("\"=\"")
+          != std::string::npos);
+}
+
+
 TEST_CASE("values libpq would refuse only when connecting are refused")
 {
     mtls::pg::conninfo info;
