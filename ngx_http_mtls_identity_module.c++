@@ -586,7 +586,7 @@ same_string(const ngx_str_t &a, const ngx_str_t &b)
 
 /*
  * Whether the handshake verified the certificate with the trust settings
- * of the server that handles the request.  Without SNI the handshake
+ * (CAs, CRL, depth and OCSP) of the server that handles the request.  Without SNI the handshake
  * uses the default server's settings, and nothing else compares them
  * with those of the server Host picks (with SNI, nginx refuses a
  * mismatch with 421 itself).
@@ -610,7 +610,9 @@ verified_for_this_server(ngx_http_request_t *r, SSL *ssl)
            && same_string(used->trusted_certificate,
                           mine->trusted_certificate)
            && same_string(used->crl, mine->crl)
-           && used->verify_depth == mine->verify_depth;
+           && used->verify_depth == mine->verify_depth
+           && used->ocsp == mine->ocsp
+           && same_string(used->ocsp_responder, mine->ocsp_responder);
 }
 
 

@@ -4,7 +4,8 @@
 # SNI is verified by the default server's trust settings and then names
 # the other server in Host (nginx answers 421 itself only when SNI and
 # Host disagree).  The module maps a certificate only when the server
-# handling the request has the trust settings it was verified with.
+# handling the request has the trust settings it was verified with,
+# OCSP checking included.
 
 use strict;
 use warnings;
@@ -84,5 +85,54 @@ for my $round (1, 2) {
 
 $nginx->stop;
 is_deeply [$nginx->problems], [], 'no alert, emerg or crashed worker';
+
+# the same trust store, but server B also asks an OCSP responder (here
+# one that never answers): the default server's handshake skipped that
+my $dead = Mtls::Nginx::free_port();
+my $ocsp = Mtls::Nginx->new(http => <<"CONF");
+    mtls_identity_db "@{[ $pg->conninfo ]}";
+
+    server {
+        listen 127.0.0.1:%%PORT%% ssl default_server;
+        server_name a.example.test;
+$tls_a
+        location / {
+            mtls_identity on;
+            proxy_pass http://127.0.0.1:$port;
+        }
+    }
+
+    server {
+        listen 127.0.0.1:%%PORT%% ssl;
+        server_name b.example.test;
+$tls_a
+        ssl_ocsp on;
+        ssl_ocsp_responder http://127.0.0.1:$dead/;
+
+        location / {
+            mtls_identity on;
+            proxy_pass http://127.0.0.1:$port;
+        }
+    }
+CONF
+$ocsp->start;
+
+for my $round (1, 2) {
+    my $a = Mtls::Client::get(port => $ocsp->port, host => 'a.example.test',
+                              cert => 'alpha', curl => ['-k']);
+    is $a->{status}, 200, "SNI a.example.test, no OCSP: allowed ($round)";
+
+    my $r = Mtls::Client::get(port => $ocsp->port, host => '127.0.0.1',
+                              cert => 'alpha',
+                              curl => ['-k'],
+                              headers => ['Host: b.example.test']);
+    is $r->{status}, 400,
+        "no SNI, Host b.example.test: OCSP skipped, so refused ($round)";
+    like $r->{body}, qr/SSL certificate error/,
+        "  as nginx's 495, unverified ($round)";
+}
+
+$ocsp->stop;
+is_deeply [$ocsp->problems], [], 'no alert, emerg or crashed worker';
 
 done_testing;
