@@ -3455,6 +3455,34 @@ set_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/* whether sql/schema.sql's group name check would accept the name */
+
+bool
+group_name_fits_schema(const ngx_str_t &name)
+{
+    size_t chars = 0;
+
+    if (name.data[0] == ' ' || name.data[name.len - 1] == ' ') {
+        return false;
+    }
+
+    for (size_t i = 0; i < name.len; i++) {
+        u_char c = name.data[i];
+
+        if (c < 0x20 || c == 0x7f || c == ',' || c == '"' || c == '\\'
+            || c == '%')
+        {
+            return false;
+        }
+
+        /* characters, as PostgreSQL's length() counts them in UTF-8 */
+        chars += (c & 0xc0) != 0x80;
+    }
+
+    return chars <= 128;
+}
+
+
 char *
 set_groups(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -3470,6 +3498,17 @@ set_groups(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "empty group name in "
                                "\"mtls_identity_require_group\"");
+            return conf_error;
+        }
+
+        if (!group_name_fits_schema(args[i])) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "group %ui of \"mtls_identity_require_group\" "
+                               "can never match: the schema holds no group "
+                               "with a comma, quote, backslash, \"%%\", "
+                               "control character or surrounding space, or "
+                               "past 128 characters; name each group as its "
+                               "own argument", i);
             return conf_error;
         }
     }

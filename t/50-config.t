@@ -222,6 +222,17 @@ check('an empty group name',
       "$db\n    mtls_identity_require_group api \"\";", 'fail',
       qr/empty group name in "mtls_identity_require_group"/);
 
+check('a group name with a comma in it',
+      "$db\n    mtls_identity_require_group api \"ops,admin\";", 'fail',
+      qr/group 2 of "mtls_identity_require_group" can never match: .*; name each group as its own argument/);
+
+check('a group name past what the schema holds',
+      "$db\n    mtls_identity_require_group " . ('g' x 129) . ";", 'fail',
+      qr/group 1 of "mtls_identity_require_group" can never match/);
+
+check('a long group name in UTF-8 that the schema holds',
+      "$db\n    mtls_identity_require_group " . ("\xc3\xa9" x 128) . ";", 'pass');
+
 check('a stale policy without a cache',
       "$db\n    mtls_identity_on_db_error stale=30s;\n" . server(), 'fail',
       qr/"mtls_identity_on_db_error stale=" in \S+:\d+ serves from the cache/);
