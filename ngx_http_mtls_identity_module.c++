@@ -586,10 +586,10 @@ same_string(const ngx_str_t &a, const ngx_str_t &b)
 
 /*
  * Whether the handshake verified the certificate with the trust settings
- * (CAs, CRL, depth and OCSP) of the server that handles the request.  Without SNI the handshake
- * uses the default server's settings, and nothing else compares them
- * with those of the server Host picks (with SNI, nginx refuses a
- * mismatch with 421 itself).
+ * (CAs, CRL, depth and OCSP) of the server that handles the request.
+ * Without SNI the handshake uses the default server's settings, and
+ * nothing else compares them with those of the server Host picks (with
+ * SNI, nginx refuses a mismatch with 421 itself).
  */
 
 bool
