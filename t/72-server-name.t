@@ -39,7 +39,11 @@ $pg->enrol(username => 'svc-alpha',
 my $tls_a = Mtls::Nginx::tls(verify => 'on', trust => 'trust-a.pem');
 (my $tls_b = $tls_a) =~ s{%%FIXTURES%%/trust-a\.pem}{$dir/trust-b.pem};
 
-my $nginx = Mtls::Nginx->new(http => <<"CONF");
+# server A is the default one; server B's TLS lines are the caller's
+sub two_servers {
+    my ($tls_b) = @_;
+
+    return Mtls::Nginx->new(http => <<"CONF");
     mtls_identity_db "@{[ $pg->conninfo ]}";
 
     server {
@@ -56,14 +60,15 @@ $tls_a
         listen 127.0.0.1:%%PORT%% ssl;
         server_name b.example.test;
 $tls_b
-        add_header X-Id \$mtls_identity always;
-
         location / {
             mtls_identity on;
             proxy_pass http://127.0.0.1:$port;
         }
     }
 CONF
+}
+
+my $nginx = two_servers($tls_b);
 $nginx->start;
 
 for my $round (1, 2) {
@@ -89,32 +94,11 @@ is_deeply [$nginx->problems], [], 'no alert, emerg or crashed worker';
 # the same trust store, but server B also asks an OCSP responder (here
 # one that never answers): the default server's handshake skipped that
 my $dead = Mtls::Nginx::free_port();
-my $ocsp = Mtls::Nginx->new(http => <<"CONF");
-    mtls_identity_db "@{[ $pg->conninfo ]}";
-
-    server {
-        listen 127.0.0.1:%%PORT%% ssl default_server;
-        server_name a.example.test;
-$tls_a
-        location / {
-            mtls_identity on;
-            proxy_pass http://127.0.0.1:$port;
-        }
-    }
-
-    server {
-        listen 127.0.0.1:%%PORT%% ssl;
-        server_name b.example.test;
+my $ocsp = two_servers(<<"TLS");
 $tls_a
         ssl_ocsp on;
         ssl_ocsp_responder http://127.0.0.1:$dead/;
-
-        location / {
-            mtls_identity on;
-            proxy_pass http://127.0.0.1:$port;
-        }
-    }
-CONF
+TLS
 $ocsp->start;
 
 for my $round (1, 2) {
