@@ -3455,34 +3455,6 @@ set_keys(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
-/* whether sql/schema.sql's group name check would accept the name */
-
-bool
-group_name_fits_schema(const ngx_str_t &name)
-{
-    size_t chars = 0;
-
-    if (name.data[0] == ' ' || name.data[name.len - 1] == ' ') {
-        return false;
-    }
-
-    for (size_t i = 0; i < name.len; i++) {
-        u_char c = name.data[i];
-
-        if (c < 0x20 || c == 0x7f || c == ',' || c == '"' || c == '\\'
-            || c == '%')
-        {
-            return false;
-        }
-
-        /* characters, as PostgreSQL's length() counts them in UTF-8 */
-        chars += (c & 0xc0) != 0x80;
-    }
-
-    return chars <= 128;
-}
-
-
 char *
 set_groups(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
@@ -3501,7 +3473,9 @@ set_groups(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             return conf_error;
         }
 
-        if (!group_name_fits_schema(args[i])) {
+        if (!mtls::schema_group_name(
+                 {reinterpret_cast<char *>(args[i].data), args[i].len}))
+        {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "group %ui of \"mtls_identity_require_group\" "
                                "can never match: the schema holds no group "

@@ -248,6 +248,29 @@ bool usable_username(std::string_view name)
 }
 
 
+bool schema_group_name(std::string_view name)
+{
+    if (name.empty() || name.front() == ' ' || name.back() == ' ') {
+        return false;
+    }
+
+    std::size_t chars = 0;
+
+    for (char c : name) {
+        unsigned char u = static_cast<unsigned char>(c);
+
+        if (u < 0x20 || u == 0x7f || std::strchr(",\"\\%", c) != nullptr) {
+            return false;
+        }
+
+        // characters, as PostgreSQL's length() counts them in UTF-8
+        chars += (u & 0xc0) != 0x80;
+    }
+
+    return chars <= 128;
+}
+
+
 std::vector<std::pair<key_kind, std::string>>
 candidates(const cert_identity &id)
 {

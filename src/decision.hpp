@@ -107,6 +107,11 @@ std::optional<lookup> decode(std::string_view bytes);
 // Whether a username can be forwarded in a header as it is.
 bool usable_username(std::string_view name);
 
+// Whether sql/schema.sql's group name check accepts the name: not empty,
+// at most 128 characters, no control byte, comma, quote, backslash or
+// "%", no space at either end.
+bool schema_group_name(std::string_view name);
+
 }  // namespace mtls
 
 #endif

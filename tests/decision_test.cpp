@@ -256,6 +256,32 @@ TEST_CASE("usernames with control bytes or no bytes are unusable")
 }
 
 
+TEST_CASE("group names follow the schema's rule")
+{
+    CHECK(mtls::schema_group_name("ops"));
+    CHECK(mtls::schema_group_name("team a"));
+    CHECK(mtls::schema_group_name(std::string(128, 'g')));
+    CHECK(mtls::schema_group_name([] {
+        std::string s;
+        for (int i = 0; i < 128; i++) {
+            s += "\xc3\xa9";
+        }
+        return s;
+    }()));
+    CHECK_FALSE(mtls::schema_group_name(""));
+    CHECK_FALSE(mtls::schema_group_name(std::string(129, 'g')));
+    CHECK_FALSE(mtls::schema_group_name(" ops"));
+    CHECK_FALSE(mtls::schema_group_name("ops "));
+
+    for (const char *bad : {"a,b", "a\"b", "a\\b", "a%b", "a\tb", "a\x7f"}) {
+        INFO(bad);
+        CHECK_FALSE(mtls::schema_group_name(bad));
+    }
+
+    CHECK_FALSE(mtls::schema_group_name(std::string("a\0b", 3)));
+}
+
+
 TEST_CASE("key kinds and reasons have their schema names")
 {
     CHECK(mtls::name_of(key_kind::issuer_serial) == "issuer_serial");
